@@ -1,0 +1,1 @@
+"""Data sources, decoding, augmentation and the streaming tf.data pipeline."""

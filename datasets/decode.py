@@ -1,0 +1,83 @@
+"""Image decoding and resizing as small functions over dicts of tensors.
+
+Each function takes an example dict and returns a new one. JPEG training crops use the fused
+`tf.image.decode_and_crop_jpeg`, which decodes only the pixels of the crop window.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def read_file(example: dict) -> dict:
+    """Adds the file's bytes under "encoded"."""
+    return {**example, "encoded": tf.io.read_file(example["path"])}
+
+
+def _decode_any(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes JPEG, PNG, GIF (first frame) or BMP to uint8 RGB; grey, RGBA and palette become RGB."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _to_uint8_size(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _random_crop_window(image_shape: tf.Tensor, scale: tuple[float, float], seed: tf.Tensor) -> tf.Tensor:
+    """A random [y, x, h, w] crop covering `scale` of the area with aspect ratio in [3/4, 4/3]."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def decode_resize(image_size: int):
+    """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8."""
+
+    def apply(example: dict) -> dict:
+        image = _to_uint8_size(_decode_any(example["encoded"]), image_size)
+        return {k: v for k, v in example.items() if k != "encoded"} | {"image": image}
+
+    return apply
+
+
+def decode_random_crop(image_size: int, scale: tuple[float, float]):
+    """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG) into "image".
+
+    The example must carry a stateless "seed" ([2] int); the crop is a function of it alone.
+    """
+
+    def apply(example: dict) -> dict:
+        encoded = example["encoded"]
+
+        def jpeg() -> tf.Tensor:
+            window = _random_crop_window(tf.image.extract_jpeg_shape(encoded), scale, example["seed"])
+            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+
+        def other() -> tf.Tensor:
+            image = _decode_any(encoded)
+            window = _random_crop_window(tf.shape(image), scale, example["seed"])
+            return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+        image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+        image.set_shape([None, None, 3])
+        image = _to_uint8_size(image, image_size)
+        return {k: v for k, v in example.items() if k != "encoded"} | {"image": image}
+
+    return apply
+
+
+def random_flip(example: dict) -> dict:
+    """Flips "image" left-right with probability 1/2, decided by the example's "seed"."""
+    seed = tf.random.experimental.stateless_fold_in(example["seed"], 1)
+    return {**example, "image": tf.image.stateless_random_flip_left_right(example["image"], seed)}

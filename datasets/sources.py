@@ -1,0 +1,122 @@
+"""Data sources: where examples come from, before any decoding.
+
+A source lists its examples per split as plain Python lists (file paths and labels, plus boxes and mask
+paths where the data has them). The streaming pipeline (`datasets/pipeline.py`) turns them into tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from datasets import shapes
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as keras.utils.image_dataset_from_directory
+SPLIT_DIRECTORY_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "valid", "test")}
+
+
+@dataclasses.dataclass
+class Examples:
+    """One split: parallel lists, one entry per image."""
+
+    paths: list[str]
+    labels: list[int]
+    mask_paths: list[str] | None = None
+    boxes: list[np.ndarray] | None = None  # per image: float32 [n, 4] x0, y0, x1, y1 in pixels
+    box_classes: list[np.ndarray] | None = None  # per image: int32 [n]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclasses.dataclass
+class Source:
+    """A dataset: class names and its splits."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, Examples]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or directory at fault."""
+
+
+def _read_shapes_split(root: str, split: str) -> Examples:
+    with open(os.path.join(root, split, "annotations.json")) as f:
+        records = json.load(f)["examples"]
+    base = os.path.join(root, split)
+    return Examples(
+        paths=[os.path.join(base, r["image"]) for r in records],
+        labels=[int(r["label"]) for r in records],
+        mask_paths=[os.path.join(base, r["mask"]) for r in records],
+        boxes=[np.asarray(r["boxes"], np.float32).reshape(-1, 4) for r in records],
+        box_classes=[np.asarray(r["box_classes"], np.int32) for r in records],
+    )
+
+
+def shapes_source(directory: str) -> Source:
+    """The generated shapes dataset at `directory`, generating it first if it is not there yet."""
+    shapes.generate(directory)
+    with open(os.path.join(directory, "metadata.json")) as f:
+        metadata = json.load(f)
+    splits = {split: _read_shapes_split(directory, split) for split in ("train", "val")}
+    return Source("shapes", list(metadata["classes"]), splits)
+
+
+def _list_class_folder(root: str) -> tuple[list[str], list[str], list[int]]:
+    """Lists images under root/<class>/..., classes sorted like image_dataset_from_directory."""
+    class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not class_names:
+        raise DataError(f"{root}: no class sub-folders (expected one sub-folder of images per class)")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        found = []
+        for dirpath, _, filenames in os.walk(os.path.join(root, name), followlinks=True):
+            found += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+        paths += sorted(found)
+        labels += [label] * len(found)
+    if not paths:
+        raise DataError(f"{root}: no images with extensions {', '.join(IMAGE_EXTENSIONS)} in {class_names}")
+    return class_names, paths, labels
+
+
+def _split_directories(root: str) -> dict[str, str] | None:
+    """Returns {"train": dir, "val": dir} when root holds pre-split sub-folders, else None."""
+    found = {}
+    for split, names in SPLIT_DIRECTORY_NAMES.items():
+        for name in names:
+            if os.path.isdir(os.path.join(root, name)):
+                found[split] = os.path.join(root, name)
+                break
+    return found if "train" in found and "val" in found else None
+
+
+def folder_source(directory: str, val_fraction: float, seed: int) -> Source:
+    """One sub-folder per class; `train/` and `val/` sub-folders if present, else a seeded split."""
+    if not os.path.isdir(directory):
+        raise DataError(f"{directory}: not a directory (--dataset=folder:PATH needs a folder of class folders)")
+    split_dirs = _split_directories(directory)
+    if split_dirs:
+        class_names, train_paths, train_labels = _list_class_folder(split_dirs["train"])
+        val_classes, val_paths, val_labels = _list_class_folder(split_dirs["val"])
+        if val_classes != class_names:
+            raise DataError(f"{split_dirs['val']}: class folders {val_classes} differ from "
+                            f"{split_dirs['train']}: {class_names}")
+        splits = {"train": Examples(train_paths, train_labels), "val": Examples(val_paths, val_labels)}
+        return Source(os.path.basename(os.path.normpath(directory)), class_names, splits)
+    class_names, paths, labels = _list_class_folder(directory)
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val_fraction={val_fraction} must be in (0, 1) to split {directory}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    num_val = max(1, int(round(len(paths) * val_fraction)))
+    pick = lambda idx: Examples([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
+    splits = {"train": pick(sorted(order[num_val:])), "val": pick(sorted(order[:num_val]))}
+    return Source(os.path.basename(os.path.normpath(directory)), class_names, splits)

@@ -1,0 +1,27 @@
+"""`--dataset=KIND[:PATH]`: parses the spec and loads the source it names."""
+
+from __future__ import annotations
+
+import os
+
+from datasets import shapes, sources
+
+KINDS = ("shapes", "folder")
+
+
+def parse(spec: str) -> tuple[str, str]:
+    """Splits "KIND:PATH" (PATH may itself hold colons); a bare "shapes" has an empty path."""
+    kind, _, path = spec.partition(":")
+    if kind not in KINDS:
+        raise sources.DataError(f"--dataset={spec}: unknown kind {kind!r}; use one of {', '.join(KINDS)} as KIND:PATH")
+    if kind != "shapes" and not path:
+        raise sources.DataError(f"--dataset={spec}: {kind} needs a path, as --dataset={kind}:PATH")
+    return kind, os.path.expanduser(path)
+
+
+def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0) -> sources.Source:
+    """The source named by `spec`; `shapes` is generated under `cache_dir` on first use."""
+    kind, path = parse(spec)
+    if kind == "shapes":
+        return sources.shapes_source(path or shapes.default_directory(cache_dir))
+    return sources.folder_source(path, val_fraction, seed)

@@ -1,0 +1,1 @@
+"""The engine: strategies, precision, XLA, the train/eval loop, checkpoints and summaries."""

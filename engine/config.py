@@ -1,0 +1,59 @@
+"""The run configuration: one field per `launch.py` flag, same names, plus what was resolved at start."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+
+class FlagError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Everything a run needs. Field names equal the flag names of launch.py."""
+
+    task: str = "classification"
+    dataset: str = "shapes"
+    val_fraction: float = 0.2
+    cache_dir: str = ""
+    model: str = "small_cnn"
+    weights: str = ""
+    strategy: str = "default"
+    cpu_replicas: int = 2
+    tpu: str = ""
+    batch_size: int = 64
+    image_size: int = 64
+    epochs: int = 15
+    train_steps: int = 0
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    precision: str = "auto"
+    jit_compile: str = "auto"
+    steps_per_execution: int = 1
+    model_dir: str = ""
+    mode: str = "train_and_eval"
+    seed: int = 0
+    deterministic: bool = False
+    verbose: int = 1
+    resolved: dict = dataclasses.field(default_factory=dict)
+
+    def write(self, path: str) -> None:
+        """Writes the configuration, resolved values included, as JSON."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+
+
+def default_cache_dir() -> str:
+    """Where generated datasets live: $ENGINE_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /tfdata-engine."""
+    if os.environ.get("ENGINE_CACHE_DIR"):
+        return os.environ["ENGINE_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tfdata-engine")

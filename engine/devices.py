@@ -1,0 +1,111 @@
+"""Devices and tf.distribute strategies (`--strategy`, `--cpu_replicas`, `--tpu`).
+
+On a host without GPUs, `mirrored` splits the CPU into `--cpu_replicas` virtual devices so the replicated
+code path (per-replica batches, cross-replica reduction, SyncOnRead metrics) is the one that runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from engine.config import FlagError
+
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
+
+
+class StrategyError(FlagError):
+    """A strategy that cannot run here, or a batch size it cannot split; names the flag at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """What the strategy runs on."""
+
+    kind: str  # "CPU", "GPU" or "TPU"
+    names: tuple[str, ...]
+    gpu_compute_capability: tuple[int, int] | None = None  # lowest among the GPUs
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The lowest compute capability among visible GPUs, or None without GPUs."""
+    capabilities = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        if "compute_capability" in details:
+            capabilities.append(tuple(details["compute_capability"]))
+    return min(capabilities) if capabilities else None
+
+
+def _split_cpu(replicas: int) -> list[str]:
+    """Splits the CPU into `replicas` logical devices (must run before TF initialises its runtime)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    existing = tf.config.get_logical_device_configuration(cpu)
+    if not existing or len(existing) != replicas:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    return [f"/cpu:{i}" for i in range(replicas)]
+
+
+def build_strategy(name: str, cpu_replicas: int = 2, tpu: str = "") -> tuple[tf.distribute.Strategy, DeviceInfo]:
+    """Creates the strategy `name`; call before any other TensorFlow work in the process."""
+    if name not in STRATEGIES:
+        raise StrategyError(f"--strategy={name} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if name == "tpu":
+        return _tpu_strategy(tpu)
+    gpus = [f"/gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+    capability = gpu_compute_capability()
+    kind = "GPU" if gpus else "CPU"
+    if name == "default":
+        strategy = tf.distribute.get_strategy()
+        return strategy, DeviceInfo(kind, tuple(gpus[:1] or ["/cpu:0"]), capability)
+    if name == "one_device":
+        device = (gpus or ["/cpu:0"])[0]
+        return tf.distribute.OneDeviceStrategy(device), DeviceInfo(kind, (device,), capability)
+    if name == "mirrored":
+        if gpus:
+            devices = gpus
+        else:
+            if cpu_replicas < 1:
+                raise StrategyError(f"--cpu_replicas={cpu_replicas} must be at least 1")
+            devices = _split_cpu(cpu_replicas)
+        return tf.distribute.MirroredStrategy(devices), DeviceInfo(kind, tuple(devices), capability)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return strategy, DeviceInfo(kind, tuple(gpus or ["/cpu:0"]), capability)
+
+
+def _tpu_strategy(tpu: str) -> tuple[tf.distribute.Strategy, DeviceInfo]:
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        where = f"--tpu={tpu}" if tpu else "this host (no --tpu given)"
+        raise StrategyError(f"--strategy=tpu: no TPU found at {where}: {error}. On a Cloud TPU VM pass "
+                            "--tpu=local; for a TPU node pass --tpu=NAME.") from error
+    strategy = tf.distribute.TPUStrategy(resolver)
+    devices = tuple(d.name for d in tf.config.list_logical_devices("TPU"))
+    return strategy, DeviceInfo("TPU", devices)
+
+
+def check_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """Returns the per-replica batch size, or raises if the global batch does not split evenly."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size < 1 or global_batch_size % replicas:
+        raise StrategyError(f"--batch_size={global_batch_size} (global) must be a positive multiple of the "
+                            f"{replicas} replicas in sync; try --batch_size={max(1, global_batch_size // replicas) * replicas}")
+    return global_batch_size // replicas
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """(is_chief, worker index) for this process; single-process strategies are always chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    if resolver is None or not config.get("cluster"):
+        return True, 0
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    has_chief = "chief" in config["cluster"]
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return is_chief, task_id

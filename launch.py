@@ -1,0 +1,84 @@
+"""Trains and evaluates image models: `python launch.py --strategy=mirrored`.
+
+Every flag is a field of `engine.config.Config` with the same name; `engine/train.py` is where they act.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import app, flags
+
+from engine import quiet
+from engine.config import Config
+
+DEFAULTS = Config()
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum("task", DEFAULTS.task, ["classification"], "What to train.")
+flags.DEFINE_string("dataset", DEFAULTS.dataset,
+                    "KIND[:PATH]: shapes[:DIR] (generated, the default) or folder:DIR (one sub-folder per class).")
+flags.DEFINE_float("val_fraction", DEFAULTS.val_fraction,
+                   "Fraction held out for validation when the data has no train/val split.")
+flags.DEFINE_string("cache_dir", DEFAULTS.cache_dir,
+                    "Where generated data is kept (default $ENGINE_CACHE_DIR or ~/.cache/tfdata-engine).")
+flags.DEFINE_string("model", DEFAULTS.model,
+                    "small_cnn, resnet, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, resnet50.")
+flags.DEFINE_string("weights", DEFAULTS.weights,
+                    "Initial weights: a local .weights.h5/.keras file, or 'imagenet' (downloads; applications only).")
+flags.DEFINE_enum("strategy", DEFAULTS.strategy,
+                  ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"],
+                  "tf.distribute strategy. multi_worker_mirrored reads TF_CONFIG.")
+flags.DEFINE_integer("cpu_replicas", DEFAULTS.cpu_replicas,
+                     "Virtual CPU devices for --strategy=mirrored on a host without GPUs.")
+flags.DEFINE_string("tpu", DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
+flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Global batch size, split evenly across replicas.")
+flags.DEFINE_integer("image_size", DEFAULTS.image_size, "Square training and evaluation image size in pixels.")
+flags.DEFINE_integer("epochs", DEFAULTS.epochs, "Epochs to train (ignored when --train_steps is set).")
+flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Total optimizer steps; 0 trains --epochs epochs.")
+flags.DEFINE_enum("optimizer", DEFAULTS.optimizer, ["sgd", "adam", "adamw"], "Optimizer.")
+flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate, "Peak learning rate (after warmup).")
+flags.DEFINE_float("weight_decay", DEFAULTS.weight_decay, "Decoupled weight decay (sgd, adamw).")
+flags.DEFINE_float("momentum", DEFAULTS.momentum, "Nesterov momentum for sgd.")
+flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, ["cosine", "constant"],
+                  "Learning-rate schedule after the linear warmup.")
+flags.DEFINE_float("warmup_epochs", DEFAULTS.warmup_epochs, "Linear warmup length in epochs.")
+flags.DEFINE_enum("precision", DEFAULTS.precision, ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+                  "Keras dtype policy; auto picks per device (see BUILD.md).")
+flags.DEFINE_enum("jit_compile", DEFAULTS.jit_compile, ["auto", "true", "false"],
+                  "XLA-compile the train step; auto picks per device (see BUILD.md).")
+flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
+                     "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
+flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
+                    "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
+flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval"], "What to do.")
+flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed for weights, data order and augmentation.")
+flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
+                  "Keep tf.data element order deterministic (slower); off by default.")
+flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
+
+
+def config_from_flags() -> Config:
+    """The Config whose fields are the parsed flags of the same names."""
+    return Config(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config) if f.name in FLAGS})
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    quiet.import_tensorflow_quietly()
+    from datasets.sources import DataError  # these import TensorFlow: after the quiet import above
+    from engine import train
+    from engine.config import FlagError
+
+    try:
+        train.run(config_from_flags())
+    except (FlagError, DataError) as error:  # bad flags or bad data: one clear line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

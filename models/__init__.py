@@ -1,0 +1,1 @@
+"""Models for classification (and later segmentation and detection)."""

@@ -1,0 +1,75 @@
+"""Device-aware precision/XLA defaults, strategy errors and replicated evaluation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from datasets import pipeline, sources
+from engine import devices, precision, tasks
+from engine.config import FlagError
+
+CPU = devices.DeviceInfo("CPU", ("/cpu:0",))
+
+
+@pytest.mark.parametrize("device, expected", [
+    (CPU, ("float32", False)),
+    (devices.DeviceInfo("GPU", ("/gpu:0",), (8, 0)), ("mixed_float16", True)),
+    (devices.DeviceInfo("GPU", ("/gpu:0",), (6, 1)), ("float32", True)),
+    (devices.DeviceInfo("TPU", ("/tpu:0",)), ("mixed_bfloat16", True)),
+])
+def test_auto_numerics_follow_the_device(device, expected):
+    resolved = precision.resolve("auto", "auto", device)
+    assert (resolved.precision, resolved.jit_compile) == expected
+    assert "auto ->" in resolved.reason
+
+
+def test_explicit_flags_win_over_auto():
+    resolved = precision.resolve("mixed_bfloat16", "true", CPU)
+    assert (resolved.precision, resolved.jit_compile) == ("mixed_bfloat16", True)
+
+
+@pytest.mark.parametrize("args", [("float64", "auto"), ("auto", "maybe")])
+def test_unknown_numerics_name_the_flag(args):
+    with pytest.raises(FlagError, match="--precision|--jit_compile"):
+        precision.resolve(*args, CPU)
+
+
+def test_unknown_strategy_and_uneven_batch_are_errors():
+    with pytest.raises(devices.StrategyError, match="--strategy=bogus"):
+        devices.build_strategy("bogus")
+    strategy, _ = devices.build_strategy("mirrored", cpu_replicas=2)
+    assert strategy.num_replicas_in_sync == 2
+    assert devices.check_batch_size(64, strategy) == 32
+    with pytest.raises(devices.StrategyError, match="--batch_size=7"):
+        devices.check_batch_size(7, strategy)
+
+
+def test_mirrored_evaluation_equals_single_device_evaluation(tiny_shapes):
+    """Metrics reduce across replicas: the replicated pass must score the same weights identically."""
+    source = sources.shapes_source(tiny_shapes)
+    task = tasks.make_task("classification", source)
+    config = pipeline.PipelineConfig(image_size=32, global_batch_size=10, training=False)  # 64 = 6 x 10 + 4
+    keras.utils.set_random_seed(0)
+    weights = task.build_model("small_cnn", 32).get_weights()
+    steps = pipeline.eval_steps(64, 10)
+    results = {}
+    for name in ("one_device", "mirrored"):
+        strategy, _ = devices.build_strategy(name, cpu_replicas=2)
+        with strategy.scope():
+            model = task.build_model("small_cnn", 32)
+            model.set_weights(weights)
+            model.compile(loss=task.loss(), weighted_metrics=task.metrics())
+        data = strategy.distribute_datasets_from_function(
+            pipeline.make_input_fn(source.splits["val"], config, task.model_io))
+        results[name] = model.evaluate(data, steps=steps, verbose=0, return_dict=True)
+    batches = list(pipeline.build_dataset(source.splits["val"], config).take(pipeline.eval_steps(64, 10)))
+    weights_of = np.concatenate([b["weight"].numpy() for b in batches])
+    assert weights_of.sum() == 64 and len(weights_of) == 70, "padded to 7 full batches, padding weighs 0"
+    images = np.concatenate([b["image"].numpy() for b in batches])[weights_of > 0]
+    keras.utils.set_random_seed(0)
+    reference = task.build_model("small_cnn", 32)
+    reference.set_weights(weights)
+    expected = float(np.mean(reference.predict(images, verbose=0).argmax(-1) == source.splits["val"].labels))
+    assert results["one_device"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert results["mirrored"]["accuracy"] == pytest.approx(expected, abs=1e-6)

@@ -1,0 +1,73 @@
+"""The streaming pipeline: sharding, static shapes, seeded order, uint8 images."""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+
+from datasets import decode, pipeline, sources
+
+
+def _examples(root):
+    return sources.shapes_source(root).splits
+
+
+def _paths_seen(examples, config, num_pipelines):
+    """Decoded label + image checksum of every element each input pipeline yields in one pass."""
+    seen = collections.Counter()
+    for pipeline_id in range(num_pipelines):
+        context = tf.distribute.InputContext(num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id,
+                                             num_replicas_in_sync=num_pipelines)
+        steps = pipeline.eval_steps(len(examples), config.global_batch_size)
+        for batch in pipeline.build_dataset(examples, config, context).take(steps):
+            for image, label, weight in zip(batch["image"].numpy(), batch["label"].numpy(), batch["weight"].numpy()):
+                if weight:
+                    seen[(int(label), int(image.astype(np.int64).sum()))] += 1
+    return seen
+
+
+def test_two_input_pipelines_see_every_example_exactly_once(tiny_shapes):
+    val = _examples(tiny_shapes)["val"]
+    config = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=False)
+    one = _paths_seen(val, config, num_pipelines=1)
+    two = _paths_seen(val, config, num_pipelines=2)
+    assert sum(one.values()) == len(val)
+    assert two == one
+
+
+def test_training_batches_have_static_shapes_and_uint8_pixels(tiny_shapes):
+    train = _examples(tiny_shapes)["train"]
+    ds = pipeline.build_dataset(train, pipeline.PipelineConfig(image_size=40, global_batch_size=16, training=True))
+    assert ds.element_spec["image"].shape == (16, 40, 40, 3)
+    assert ds.element_spec["image"].dtype == tf.uint8
+    assert ds.element_spec["label"].shape == (16,)
+    batch = next(iter(ds))
+    assert batch["image"].numpy().max() > 100, "pixels are in [0, 255]"
+
+
+def test_labels_stay_with_their_images_through_reading_and_batching(tiny_shapes):
+    train = _examples(tiny_shapes)["train"]
+    expected = {}
+    for path, label in zip(train.paths, train.labels):
+        image = decode.decode_resize(48)({"encoded": tf.io.read_file(path)})["image"].numpy()
+        expected[image.tobytes()] = label
+    config = pipeline.PipelineConfig(image_size=48, global_batch_size=32, training=False)
+    batches = pipeline.build_dataset(train, config).take(pipeline.eval_steps(len(train), 32))
+    pairs = [(image.tobytes(), int(label)) for batch in batches
+             for image, label, weight in zip(batch["image"].numpy(), batch["label"].numpy(), batch["weight"].numpy())
+             if weight]
+    assert len(pairs) == len(train)
+    assert all(expected[image] == label for image, label in pairs)
+
+
+def test_same_seed_same_batches_different_seed_different_batches(tiny_shapes):
+    train = _examples(tiny_shapes)["train"]
+
+    def first_batches(seed):
+        config = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=True, seed=seed,
+                                         deterministic=True)
+        return [b["image"].numpy() for b in pipeline.build_dataset(train, config).take(3)]
+
+    a, b, c = first_batches(1), first_batches(1), first_batches(2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))

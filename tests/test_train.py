@@ -1,0 +1,120 @@
+"""End to end through launch.py: run directory, resume, eval, TensorBoard events, errors."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from tests.conftest import REPO, run_launch
+
+TINY = ["--image_size=32", "--batch_size=32", "--verbose=2", "--learning_rate=1e-3"]
+
+
+def _history(model_dir):
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def _scalar_tags(run_dir):
+    accumulator = event_accumulator.EventAccumulator(run_dir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return set(accumulator.Tags()["tensors"]) | set(accumulator.Tags()["scalars"]), accumulator
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(tiny_shapes, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("runs") / "mirrored")
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--strategy=mirrored", "--epochs=2",
+                        f"--model_dir={model_dir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir, result
+
+
+def test_mirrored_run_writes_config_summary_checkpoints(mirrored_run):
+    model_dir, result = mirrored_run
+    assert "MirroredStrategy x2 on CPU" in result.stdout
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["resolved"]["replicas"] == 2 and config["resolved"]["per_replica_batch_size"] == 16
+    assert config["resolved"]["precision"] == "float32" and config["resolved"]["jit_compile"] is False
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
+    for key in ("val_accuracy", "val_loss", "accuracy", "epochs", "wall_time_seconds", "images_per_second",
+                "precision", "jit_compile", "strategy", "replicas"):
+        assert key in summary, key
+    assert summary["replicas"] == 2 and summary["epochs"] == 2 and summary["images_per_second"] > 0
+    assert 0.0 <= summary["val_accuracy"] <= 1.0
+    for name in ("best.keras", "final.keras", "backup/latest.weights.h5", "backup/training_metadata.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert [row["epoch"] for row in _history(model_dir)] == ["0", "1"]
+
+
+def test_tensorboard_events_hold_train_and_validation_metrics(mirrored_run):
+    model_dir, _ = mirrored_run
+    train_tags, train = _scalar_tags(os.path.join(model_dir, "tensorboard", "train"))
+    val_tags, _ = _scalar_tags(os.path.join(model_dir, "tensorboard", "validation"))
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_images_per_second"):
+        assert tag in train_tags, (tag, train_tags)
+    assert {"epoch_loss", "epoch_accuracy"} <= val_tags
+    assert len(train.Tensors("epoch_loss")) == 2
+
+
+def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, tiny_shapes):
+    model_dir, _ = mirrored_run
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--strategy=mirrored", "--epochs=3",
+                        f"--model_dir={model_dir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 3/3" in result.stdout and "Epoch 1/3" not in result.stdout
+    assert [row["epoch"] for row in _history(model_dir)] == ["0", "1", "2"]
+
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=eval", f"--model_dir={model_dir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(model_dir, "eval.json")) as f:
+        evaluation = json.load(f)
+    best = max(float(row["val_accuracy"]) for row in _history(model_dir))
+    assert evaluation["weights"].endswith("best.keras")
+    assert evaluation["val_accuracy"] == pytest.approx(best, abs=1e-6)
+
+
+def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
+    model_dir = str(tmp_path / "killed")
+    args = [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{tiny_shapes}", "--epochs=6",
+            f"--model_dir={model_dir}", *TINY]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metadata = os.path.join(model_dir, "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metadata):
+            with open(metadata) as f:
+                text = f.read()
+            if text and json.loads(text)["epoch"] >= 2:
+                break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with open(metadata) as f:
+        done = json.load(f)["epoch"]
+    assert 2 <= done < 6, "the run must be killed mid-training for this test to mean anything"
+    result = run_launch(*args[2:])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Epoch {done + 1}/6" in result.stdout and f"Epoch {done}/6" not in result.stdout
+    assert json.load(open(os.path.join(model_dir, "summary.json")))["epochs"] == 6
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--strategy=mirrored", "--batch_size=33"], "--batch_size=33 (global) must be a positive multiple of the 2"),
+    (["--strategy=tpu"], "--strategy=tpu: no TPU found"),
+    (["--dataset=folder:/no/such/dir"], "/no/such/dir: not a directory"),
+    (["--strategy=warp_drive"], "--strategy"),
+])
+def test_bad_flags_fail_with_a_message_naming_them(flags, message, tiny_shapes):
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--epochs=1", *flags)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
