@@ -28,6 +28,17 @@ class DeviceInfo:
     kind: str  # "CPU", "GPU" or "TPU"
     names: tuple[str, ...]
     gpu_compute_capability: tuple[int, int] | None = None  # lowest among the GPUs
+    cpu_bf16: bool = False  # the CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX-BF16)
+
+
+def cpu_has_bf16() -> bool:
+    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def gpu_compute_capability() -> tuple[int, int] | None:
@@ -58,12 +69,13 @@ def build_strategy(name: str, cpu_replicas: int = 2, tpu: str = "") -> tuple[tf.
     gpus = [f"/gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
     capability = gpu_compute_capability()
     kind = "GPU" if gpus else "CPU"
+    bf16 = kind == "CPU" and cpu_has_bf16()
     if name == "default":
         strategy = tf.distribute.get_strategy()
-        return strategy, DeviceInfo(kind, tuple(gpus[:1] or ["/cpu:0"]), capability)
+        return strategy, DeviceInfo(kind, tuple(gpus[:1] or ["/cpu:0"]), capability, bf16)
     if name == "one_device":
         device = (gpus or ["/cpu:0"])[0]
-        return tf.distribute.OneDeviceStrategy(device), DeviceInfo(kind, (device,), capability)
+        return tf.distribute.OneDeviceStrategy(device), DeviceInfo(kind, (device,), capability, bf16)
     if name == "mirrored":
         if gpus:
             devices = gpus
@@ -71,9 +83,9 @@ def build_strategy(name: str, cpu_replicas: int = 2, tpu: str = "") -> tuple[tf.
             if cpu_replicas < 1:
                 raise StrategyError(f"--cpu_replicas={cpu_replicas} must be at least 1")
             devices = _split_cpu(cpu_replicas)
-        return tf.distribute.MirroredStrategy(devices), DeviceInfo(kind, tuple(devices), capability)
+        return tf.distribute.MirroredStrategy(devices), DeviceInfo(kind, tuple(devices), capability, bf16)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    return strategy, DeviceInfo(kind, tuple(gpus or ["/cpu:0"]), capability)
+    return strategy, DeviceInfo(kind, tuple(gpus or ["/cpu:0"]), capability, bf16)
 
 
 def _tpu_strategy(tpu: str) -> tuple[tf.distribute.Strategy, DeviceInfo]:

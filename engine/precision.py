@@ -1,8 +1,9 @@
 """Resolves `--precision` and `--jit_compile`, including their device-aware `auto` defaults.
 
-The `auto` choices follow measurements (see BUILD.md, "Precision and XLA defaults"):
-- CPU: float32 without XLA. On this project's 2-core AVX512-BF16 CPU, XLA made a MobileNetV3 train step
-  ~9x slower and a plain conv net ~1.7x slower, and mixed_bfloat16 was 0.55x for depthwise models.
+The `auto` choices follow measurements (benchmarks/train_step.py; BUILD.md, "Precision and XLA defaults"):
+- CPU: no XLA (0.09-0.80x for every model measured). float32, except mixed_bfloat16 for the models in
+  `CPU_BF16_MODELS` on CPUs with bfloat16 instructions: plain 3x3-conv stacks gain (resnet 1.23x), depthwise
+  models lose (MobileNetV3) and small_cnn is even (1.06x, within noise).
 - GPU: mixed_float16 with XLA on compute capability >= 7.0 (tensor cores); float32 with XLA below that.
 - TPU: mixed_bfloat16 (TPUs compile every step with XLA regardless).
 """
@@ -18,6 +19,7 @@ from engine.devices import DeviceInfo
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 JIT_CHOICES = ("auto", "true", "false")
+CPU_BF16_MODELS = {"resnet": 1.23}  # measured mixed_bfloat16 / float32 train-step speed on an AVX512-BF16 CPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,31 +31,33 @@ class Numerics:
     reason: str
 
 
-def _auto_precision(device: DeviceInfo) -> tuple[str, str]:
+def _auto_precision(device: DeviceInfo, model: str) -> tuple[str, str]:
     if device.kind == "TPU":
         return "mixed_bfloat16", "TPU: bfloat16 is native"
     if device.kind == "GPU":
         if device.gpu_compute_capability and device.gpu_compute_capability >= (7, 0):
             return "mixed_float16", f"GPU compute capability {device.gpu_compute_capability} has tensor cores"
         return "float32", f"GPU compute capability {device.gpu_compute_capability} lacks fast float16"
-    return "float32", "CPU: mixed precision measured no faster (depthwise models 0.55x)"
+    if device.cpu_bf16 and model in CPU_BF16_MODELS:
+        return "mixed_bfloat16", f"CPU with bfloat16 instructions: {model} measured {CPU_BF16_MODELS[model]}x"
+    return "float32", f"CPU: mixed_bfloat16 not measured faster for {model}"
 
 
 def _auto_jit(device: DeviceInfo) -> tuple[bool, str]:
     if device.kind == "CPU":
-        return False, "CPU: XLA measured 1.7-9x slower per step"
+        return False, "CPU: XLA measured slower for every model (0.09-0.80x)"
     return True, f"{device.kind}: XLA fuses the step"
 
 
-def resolve(precision: str, jit_compile: str, device: DeviceInfo) -> Numerics:
-    """Turns the flag values into a concrete dtype policy and XLA setting for `device`."""
+def resolve(precision: str, jit_compile: str, device: DeviceInfo, model: str = "") -> Numerics:
+    """Turns the flag values into a concrete dtype policy and XLA setting for `model` on `device`."""
     if precision not in PRECISIONS:
         raise FlagError(f"--precision={precision} is unknown; choose one of {', '.join(PRECISIONS)}")
     if jit_compile not in JIT_CHOICES:
         raise FlagError(f"--jit_compile={jit_compile} is unknown; choose one of {', '.join(JIT_CHOICES)}")
     reasons = []
     if precision == "auto":
-        precision, why = _auto_precision(device)
+        precision, why = _auto_precision(device, model)
         reasons.append(f"precision auto -> {precision} ({why})")
     if jit_compile == "auto":
         jit, why = _auto_jit(device)

@@ -50,3 +50,5 @@ def import_tensorflow_quietly() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+    if not wants_native_logs():
+        tf.get_logger().setLevel("WARNING")  # tf.distribute logs every device and all-reduce at INFO

@@ -10,7 +10,7 @@ Run directory (`--model_dir`), written by the chief:
     history.csv        one row of metrics per epoch, across restarts
     tensorboard/       train/ and validation/ event files
     summary.json       final metrics, timing and resolved settings
-    eval.json          metrics of `--mode=eval`
+    eval.json          metrics of `--mode=eval` (its flags go to eval_config.json)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from datasets import pipeline
 from datasets import spec as dataset_spec
 from datasets.sources import Examples
 from engine import callbacks as engine_callbacks
-from engine import devices, optim, precision, tasks
+from engine import devices, keras_patches, optim, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 
 MODES = ("train", "eval", "train_and_eval")
@@ -82,7 +82,7 @@ def _last_row(history_csv: str) -> dict:
         return {}
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
-    return {k: float(v) if k != "epoch" else int(v) for k, v in rows[-1].items() if v != ""} if rows else {}
+    return {k: float(v) for k, v in rows[-1].items() if v != "" and k != "epoch"} if rows else {}
 
 
 def _callbacks(config: Config, task, model_dir: str, is_chief: bool, worker: int,
@@ -115,19 +115,39 @@ def _callbacks(config: Config, task, model_dir: str, is_chief: bool, worker: int
 def _resolve_model_dir(config: Config) -> str:
     if config.model_dir:
         return config.model_dir
+    if config.mode == "eval":
+        raise FlagError("--mode=eval needs --model_dir: the run directory whose checkpoint to evaluate")
     if config.strategy == "multi_worker_mirrored":
         raise FlagError("--strategy=multi_worker_mirrored needs an explicit --model_dir shared by all workers")
     return os.path.join("runs", f"{config.task}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def run(config: Config) -> dict:
-    """Runs `config.mode` and returns the summary (train modes) or the evaluation metrics (eval)."""
+@dataclasses.dataclass
+class Job:
+    """Everything resolved from a Config before the model is built."""
+
+    config: Config
+    strategy: tf.distribute.Strategy
+    task: tasks.ClassificationTask
+    train_examples: Examples
+    val_examples: Examples
+    plan: StepPlan
+    is_chief: bool
+    worker: int
+
+    @property
+    def model_dir(self) -> str:
+        return self.config.model_dir
+
+
+def prepare(config: Config) -> Job:
+    """Resolves strategy, numerics, data, task and step plan; writes the resolved config; prints one line."""
     if config.mode not in MODES:
         raise FlagError(f"--mode={config.mode} is unknown; choose one of {', '.join(MODES)}")
-    started = time.perf_counter()
     strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
     devices.check_batch_size(config.batch_size, strategy)
-    numerics = precision.resolve(config.precision, config.jit_compile, device)
+    keras_patches.patch_for(strategy)
+    numerics = precision.resolve(config.precision, config.jit_compile, device, config.model)
     precision.apply(numerics)
     keras.utils.set_random_seed(config.seed)
 
@@ -137,78 +157,97 @@ def run(config: Config) -> dict:
     train_examples, val_examples = source.splits["train"], source.splits["val"]
     plan = plan_steps(len(train_examples), config.batch_size, config.epochs, config.train_steps)
     is_chief, worker = devices.worker_role(strategy)
-    model_dir = _resolve_model_dir(config)
-    config.model_dir = model_dir
+    config.model_dir = _resolve_model_dir(config)
+    replicas = strategy.num_replicas_in_sync
     config.resolved = {
-        "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
-        "devices": list(device.names), "device_kind": device.kind,
-        "precision": numerics.precision, "jit_compile": numerics.jit_compile, "numerics_reason": numerics.reason,
-        "per_replica_batch_size": config.batch_size // strategy.num_replicas_in_sync,
+        "strategy": type(strategy).__name__, "replicas": replicas, "devices": list(device.names),
+        "device_kind": device.kind, "precision": numerics.precision, "jit_compile": numerics.jit_compile,
+        "numerics_reason": numerics.reason, "per_replica_batch_size": config.batch_size // replicas,
         "steps_per_epoch": plan.steps_per_epoch, "epochs": plan.epochs, "total_steps": plan.total_steps,
         "num_train": len(train_examples), "num_val": len(val_examples), "class_names": task.class_names,
         "is_chief": is_chief,
     }
-    if is_chief:
-        config.write(os.path.join(model_dir, "config.json"))
-    tf.get_logger().setLevel("WARNING")  # tf.distribute logs every all-reduce it sets up at INFO
+    if is_chief:  # an evaluation must not overwrite the configuration of the training it evaluates
+        config.write(os.path.join(config.model_dir, "eval_config.json" if config.mode == "eval" else "config.json"))
     print(f"[engine] {config.task} on {source.name} ({len(train_examples)} train / {len(val_examples)} val, "
-          f"{task.num_classes} classes) | {type(strategy).__name__} x{strategy.num_replicas_in_sync} on "
-          f"{device.kind} | batch {config.batch_size} ({config.resolved['per_replica_batch_size']}/replica) | "
-          f"{numerics.precision}, XLA {'on' if numerics.jit_compile else 'off'} | {plan.epochs} epochs x "
-          f"{plan.steps_per_epoch} steps | {model_dir}", flush=True)
+          f"{task.num_classes} classes) | strategy {config.strategy} x{replicas} on {device.kind} | batch "
+          f"{config.batch_size} ({config.batch_size // replicas}/replica) | {numerics.precision}, XLA "
+          f"{'on' if numerics.jit_compile else 'off'} | {plan.epochs} epochs x {plan.steps_per_epoch} steps | "
+          f"{config.model_dir}", flush=True)
     print(f"[engine] {numerics.reason}", flush=True)
+    return Job(config, strategy, task, train_examples, val_examples, plan, is_chief, worker)
 
-    with strategy.scope():
-        model = task.build_model(config.model, config.image_size, config.weights)
+
+def build_model(job: Job) -> keras.Model:
+    """The task's model, compiled under the strategy with the optimizer, schedule and numerics of `job`."""
+    config, plan = job.config, job.plan
+    with job.strategy.scope():
+        model = job.task.build_model(config.model, config.image_size, config.weights)
         schedule = optim.learning_rate_schedule(config.learning_rate, config.lr_schedule,
                                                 round(config.warmup_epochs * plan.steps_per_epoch), plan.total_steps)
         model.compile(optimizer=optim.build_optimizer(config.optimizer, schedule, config.weight_decay,
                                                       config.momentum),
-                      loss=task.loss(), weighted_metrics=task.metrics(), jit_compile=numerics.jit_compile,
-                      steps_per_execution=config.steps_per_execution)
+                      loss=job.task.loss(), weighted_metrics=job.task.metrics(),
+                      jit_compile=config.resolved["jit_compile"], steps_per_execution=config.steps_per_execution)
+    return model
 
-    val_data = _distributed(strategy, val_examples, task, config, training=False)
-    val_steps = pipeline.eval_steps(len(val_examples), config.batch_size)
+
+def run(config: Config) -> dict:
+    """Runs `config.mode` and returns the summary (train modes) or the evaluation metrics (eval)."""
+    started = time.perf_counter()
+    job = prepare(config)
+    model = build_model(job)
     if config.mode == "eval":
-        return evaluate(model, val_data, val_steps, model_dir, is_chief, config.verbose)
+        return evaluate(job, model)
+    return train(job, model, started)
 
+
+def train(job: Job, model: keras.Model, started: float) -> dict:
+    """Fits `model` (resuming from the run directory's backup) and writes final.keras and summary.json."""
+    config = job.config
     throughput = engine_callbacks.ThroughputLogger(config.batch_size)
     validate = config.mode == "train_and_eval"
+    history_csv = os.path.join(job.model_dir, "history.csv")
     model.fit(
-        _distributed(strategy, train_examples, task, config, training=True),
-        epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
-        validation_data=val_data if validate else None, validation_steps=val_steps if validate else None,
-        callbacks=_callbacks(config, task, model_dir, is_chief, worker, throughput, validate),
-        verbose=config.verbose,
+        _distributed(job.strategy, job.train_examples, job.task, config, training=True),
+        epochs=job.plan.epochs, steps_per_epoch=job.plan.steps_per_epoch,
+        validation_data=_distributed(job.strategy, job.val_examples, job.task, config, training=False)
+        if validate else None,
+        validation_steps=pipeline.eval_steps(len(job.val_examples), config.batch_size) if validate else None,
+        callbacks=_callbacks(config, job.task, job.model_dir, job.is_chief, job.worker, throughput, validate),
+        verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
     )
     summary = {
-        **_last_row(os.path.join(model_dir, "history.csv")),
-        "best_metric": task.best_metric if validate else "loss",
-        "best_value": _best_so_far(os.path.join(model_dir, "history.csv"), task.best_metric) if validate else None,
-        "epochs": plan.epochs, "wall_time_seconds": time.perf_counter() - started,
+        **_last_row(history_csv),
+        "best_metric": job.task.best_metric if validate else "loss",
+        "best_value": _best_so_far(history_csv, job.task.best_metric) if validate else None,
+        "epochs": job.plan.epochs, "wall_time_seconds": time.perf_counter() - started,
         "images_per_second": throughput.steady_images_per_second(),
         **{k: config.resolved[k] for k in ("strategy", "replicas", "precision", "jit_compile", "device_kind",
                                           "num_train", "num_val")},
     }
-    if is_chief:
-        model.save(os.path.join(model_dir, "final.keras"))
-        with open(os.path.join(model_dir, "summary.json"), "w") as f:
+    if job.is_chief:
+        model.save(os.path.join(job.model_dir, "final.keras"))
+        with open(os.path.join(job.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
 
 
-def evaluate(model: keras.Model, val_data, val_steps: int, model_dir: str, is_chief: bool, verbose: int) -> dict:
-    """Loads the best (else the latest backed-up) weights from `model_dir` and evaluates them."""
-    candidates = [os.path.join(model_dir, "best.keras"), os.path.join(model_dir, "backup", "latest.weights.h5")]
+def evaluate(job: Job, model: keras.Model) -> dict:
+    """Loads the best (else the latest backed-up) weights of the run directory and evaluates them."""
+    candidates = [os.path.join(job.model_dir, "best.keras"),
+                  os.path.join(job.model_dir, "backup", "latest.weights.h5")]
     weights = next((path for path in candidates if os.path.exists(path)), None)
     if weights is None:
-        raise FileNotFoundError(f"--mode=eval: no checkpoint in --model_dir={model_dir} "
-                                f"(looked for {', '.join(candidates)})")
+        raise FlagError(f"--mode=eval: no checkpoint in --model_dir={job.model_dir} "
+                        f"(looked for {', '.join(candidates)})")
     model.load_weights(weights)
-    metrics = model.evaluate(val_data, steps=val_steps, verbose=verbose, return_dict=True)
+    val_data = _distributed(job.strategy, job.val_examples, job.task, job.config, training=False)
+    metrics = model.evaluate(val_data, steps=pipeline.eval_steps(len(job.val_examples), job.config.batch_size),
+                             verbose=job.config.verbose, return_dict=True)
     metrics = {f"val_{k}": float(v) for k, v in metrics.items()} | {"weights": weights}
     print("[engine] eval " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "weights"))
-    if is_chief:
-        with open(os.path.join(model_dir, "eval.json"), "w") as f:
+    if job.is_chief:
+        with open(os.path.join(job.model_dir, "eval.json"), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics

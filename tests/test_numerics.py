@@ -14,14 +14,22 @@ CPU = devices.DeviceInfo("CPU", ("/cpu:0",))
 
 @pytest.mark.parametrize("device, expected", [
     (CPU, ("float32", False)),
+    (devices.DeviceInfo("CPU", ("/cpu:0",), cpu_bf16=True), ("float32", False)),
     (devices.DeviceInfo("GPU", ("/gpu:0",), (8, 0)), ("mixed_float16", True)),
     (devices.DeviceInfo("GPU", ("/gpu:0",), (6, 1)), ("float32", True)),
     (devices.DeviceInfo("TPU", ("/tpu:0",)), ("mixed_bfloat16", True)),
 ])
 def test_auto_numerics_follow_the_device(device, expected):
-    resolved = precision.resolve("auto", "auto", device)
+    resolved = precision.resolve("auto", "auto", device, "small_cnn")
     assert (resolved.precision, resolved.jit_compile) == expected
     assert "auto ->" in resolved.reason
+
+
+def test_cpu_bf16_only_for_models_measured_faster_with_it():
+    bf16_cpu = devices.DeviceInfo("CPU", ("/cpu:0",), cpu_bf16=True)
+    assert precision.resolve("auto", "auto", bf16_cpu, "resnet").precision == "mixed_bfloat16"
+    assert precision.resolve("auto", "auto", bf16_cpu, "mobilenet_v3_small").precision == "float32"
+    assert precision.resolve("auto", "auto", CPU, "resnet").precision == "float32"
 
 
 def test_explicit_flags_win_over_auto():

@@ -38,7 +38,7 @@ def mirrored_run(tiny_shapes, tmp_path_factory):
 
 def test_mirrored_run_writes_config_summary_checkpoints(mirrored_run):
     model_dir, result = mirrored_run
-    assert "MirroredStrategy x2 on CPU" in result.stdout
+    assert "strategy mirrored x2 on CPU" in result.stdout
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     assert config["resolved"]["replicas"] == 2 and config["resolved"]["per_replica_batch_size"] == 16
@@ -85,7 +85,7 @@ def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, t
 def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
     model_dir = str(tmp_path / "killed")
     args = [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{tiny_shapes}", "--epochs=6",
-            f"--model_dir={model_dir}", *TINY]
+            "--steps_per_execution=2", f"--model_dir={model_dir}", *TINY]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metadata = os.path.join(model_dir, "backup", "training_metadata.json")
     deadline = time.time() + 300
@@ -112,9 +112,16 @@ def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
     (["--strategy=tpu"], "--strategy=tpu: no TPU found"),
     (["--dataset=folder:/no/such/dir"], "/no/such/dir: not a directory"),
     (["--strategy=warp_drive"], "--strategy"),
+    (["--mode=eval"], "--mode=eval needs --model_dir"),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(flags, message, tiny_shapes):
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--epochs=1", *flags)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_without_a_checkpoint_says_where_it_looked(tiny_shapes, tmp_path):
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=eval", f"--model_dir={tmp_path}", *TINY)
+    assert result.returncode == 2
+    assert f"no checkpoint in --model_dir={tmp_path}" in result.stderr
