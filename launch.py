@@ -65,6 +65,7 @@ def config_from_flags() -> Config:
 
 
 def main(argv: list[str]) -> int:
+    """Runs the configured mode; returns 2 with a one-line message on bad flags or data."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     quiet.import_tensorflow_quietly()

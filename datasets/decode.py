@@ -6,7 +6,11 @@ Each function takes an example dict and returns a new one. JPEG training crops u
 
 from __future__ import annotations
 
+from typing import Callable
+
 import tensorflow as tf
+
+ExampleFn = Callable[[dict], dict]
 
 
 def read_file(example: dict) -> dict:
@@ -41,7 +45,7 @@ def _random_crop_window(image_shape: tf.Tensor, scale: tuple[float, float], seed
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def decode_resize(image_size: int):
+def decode_resize(image_size: int) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8."""
 
     def apply(example: dict) -> dict:
@@ -51,7 +55,7 @@ def decode_resize(image_size: int):
     return apply
 
 
-def decode_random_crop(image_size: int, scale: tuple[float, float]):
+def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn:
     """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG) into "image".
 
     The example must carry a stateless "seed" ([2] int); the crop is a function of it alone.

@@ -75,6 +75,8 @@ def generate(
         return directory
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
+    print(f"[data] generating the shapes dataset ({num_train} train / {num_val} val) into {directory}, once",
+          flush=True)
     tmp = tempfile.mkdtemp(prefix=".shapes-tmp-", dir=parent)
     try:
         for split, count in zip(SPLITS, (num_train, num_val)):

@@ -42,6 +42,7 @@ class Source:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes."""
         return len(self.class_names)
 
 

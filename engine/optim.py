@@ -10,7 +10,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant")
 
 
-def learning_rate_schedule(base_rate: float, schedule: str, warmup_steps: int, total_steps: int):
+def learning_rate_schedule(base_rate: float, schedule: str, warmup_steps: int, total_steps: int
+                           ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup to `base_rate` over `warmup_steps`, then cosine decay to 0 at `total_steps` (or flat)."""
     if schedule not in SCHEDULES:
         raise FlagError(f"--lr_schedule={schedule} is unknown; choose one of {', '.join(SCHEDULES)}")

@@ -9,6 +9,7 @@ import contextlib
 import os
 import sys
 import tempfile
+from typing import Iterator
 
 
 def wants_native_logs() -> bool:
@@ -17,7 +18,7 @@ def wants_native_logs() -> bool:
 
 
 @contextlib.contextmanager
-def quiet_native_stderr(enabled: bool = True):
+def quiet_native_stderr(enabled: bool = True) -> Iterator[None]:
     """Silences C++ writes to stderr (TF's start-up and CUDA probe lines) unless `enabled` is False.
 
     TF 2.21 prints these before absl logging is initialised, so TF_CPP_MIN_LOG_LEVEL does not reach them.

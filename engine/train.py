@@ -44,6 +44,7 @@ class StepPlan:
 
     @property
     def total_steps(self) -> int:
+        """Optimizer steps in the whole run."""
         return self.steps_per_epoch * self.epochs
 
 
@@ -137,6 +138,7 @@ class Job:
 
     @property
     def model_dir(self) -> str:
+        """The run directory."""
         return self.config.model_dir
 
 
