@@ -23,6 +23,8 @@ flags.DEFINE_float("val_fraction", DEFAULTS.val_fraction,
                    "Fraction held out for validation when the data has no train/val split.")
 flags.DEFINE_string("cache_dir", DEFAULTS.cache_dir,
                     "Where generated data is kept (default $ENGINE_CACHE_DIR or ~/.cache/tfdata-engine).")
+flags.DEFINE_string("cache", DEFAULTS.cache,
+                    "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
 flags.DEFINE_string("model", DEFAULTS.model,
                     "small_cnn, resnet, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, resnet50.")
 flags.DEFINE_string("weights", DEFAULTS.weights,

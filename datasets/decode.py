@@ -1,6 +1,7 @@
-"""Image decoding and resizing as small functions over dicts of tensors.
+"""Image decoding, resizing and cropping as small functions over dicts of tensors.
 
-Each function takes an example dict and returns a new one. JPEG training crops use the fused
+Each function takes an example dict and returns a new one. An example holds either "encoded" (file bytes)
+or "image" (uint8 pixels, any channel count). JPEG training crops use the fused
 `tf.image.decode_and_crop_jpeg`, which decodes only the pixels of the crop window.
 """
 
@@ -13,16 +14,27 @@ import tensorflow as tf
 ExampleFn = Callable[[dict], dict]
 
 
-def read_file(example: dict) -> dict:
-    """Adds the file's bytes under "encoded"."""
-    return {**example, "encoded": tf.io.read_file(example["path"])}
-
-
 def _decode_any(encoded: tf.Tensor) -> tf.Tensor:
     """Decodes JPEG, PNG, GIF (first frame) or BMP to uint8 RGB; grey, RGBA and palette become RGB."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def _rgb(image: tf.Tensor) -> tf.Tensor:
+    """Grey becomes RGB, RGBA loses alpha; the channel count must be static."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    return image[..., :3] if channels == 4 else image
+
+
+def _pixels(example: dict) -> tf.Tensor:
+    return _rgb(example["image"]) if "image" in example else _decode_any(example["encoded"])
+
+
+def _without_encoded(example: dict, image: tf.Tensor) -> dict:
+    return {k: v for k, v in example.items() if k != "encoded"} | {"image": image}
 
 
 def _to_uint8_size(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -49,8 +61,7 @@ def decode_resize(image_size: int) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8."""
 
     def apply(example: dict) -> dict:
-        image = _to_uint8_size(_decode_any(example["encoded"]), image_size)
-        return {k: v for k, v in example.items() if k != "encoded"} | {"image": image}
+        return _without_encoded(example, _to_uint8_size(_pixels(example), image_size))
 
     return apply
 
@@ -60,8 +71,11 @@ def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn
 
     The example must carry a stateless "seed" ([2] int); the crop is a function of it alone.
     """
+    crop_pixels = random_resized_crop(image_size, scale)
 
     def apply(example: dict) -> dict:
+        if "encoded" not in example:
+            return crop_pixels(example)
         encoded = example["encoded"]
 
         def jpeg() -> tf.Tensor:
@@ -75,8 +89,19 @@ def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn
 
         image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
         image.set_shape([None, None, 3])
-        image = _to_uint8_size(image, image_size)
-        return {k: v for k, v in example.items() if k != "encoded"} | {"image": image}
+        return _without_encoded(example, _to_uint8_size(image, image_size))
+
+    return apply
+
+
+def random_resized_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn:
+    """Returns a function cropping "image" pixels like `decode_random_crop` (for cached or array data)."""
+
+    def apply(example: dict) -> dict:
+        image = _rgb(example["image"])
+        window = _random_crop_window(tf.shape(image), scale, example["seed"])
+        image = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+        return {**example, "image": _to_uint8_size(image, image_size)}
 
     return apply
 

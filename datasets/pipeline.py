@@ -1,20 +1,25 @@
-"""The streaming tf.data pipeline: shard, shuffle, read, decode, batch, prefetch.
+"""The streaming tf.data pipeline: records -> decode -> [cache] -> augment -> batch -> prefetch.
 
 `make_input_fn` returns a function of a `tf.distribute.InputContext`, the form
-`strategy.distribute_datasets_from_function` takes: each input pipeline reads its own shard of the files and
-batches the per-replica batch size.
+`strategy.distribute_datasets_from_function` takes: each input pipeline reads its own shard of the data and
+batches the per-replica batch size. Every source (`datasets/sources.py`) enters through `Split.records`.
+
+`--cache` keeps decoded images, resized to `cache_size`, before any random augmentation: training then
+takes its random crops from the cached pixels, so every epoch still sees new crops.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 
 from datasets import decode
-from datasets.sources import Examples
+from datasets.sources import Split
+
+CACHE_CHOICES = "none | memory | disk:PATH"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +33,27 @@ class PipelineConfig:
     deterministic: bool = False
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range
     flip: bool = True
+    cache: str = "none"  # CACHE_CHOICES
+    cache_name: str = "train"  # distinguishes splits inside a disk cache directory
+    memory_budget_bytes: int = 0  # for shuffle buffers; 0: a sixteenth of physical memory
+
+    @property
+    def cache_size(self) -> int:
+        """Side of cached training images: crops are taken from a 8/7 larger image (256 for 224)."""
+        return round(self.image_size * 8 / 7) if self.training else self.image_size
+
+
+def physical_memory_bytes() -> int:
+    """Physical memory of this machine (POSIX), or 8 GiB where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def shuffle_buffer_size(num_examples: int, bytes_per_example: int, budget_bytes: int) -> int:
+    """The whole shard if it fits the memory budget, else as many examples as the budget holds."""
+    return max(1, min(num_examples, budget_bytes // max(1, bytes_per_example)))
 
 
 def dataset_options(deterministic: bool) -> tf.data.Options:
@@ -35,24 +61,48 @@ def dataset_options(deterministic: bool) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = deterministic
     options.autotune.enabled = True
+    options.autotune.ram_budget = physical_memory_bytes() // 2
+    options.threading.max_intra_op_parallelism = 1  # parallelism comes from parallel map and interleave
     options.experimental_optimization.map_parallelization = True
     options.experimental_optimization.parallel_batch = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return options
 
 
-def _file_table(examples: Examples, seed: int, shuffle: bool) -> dict[str, np.ndarray]:
-    """The split as arrays, in a seeded order shared by every input pipeline (so shards are disjoint)."""
-    order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
-    return {
-        "path": np.asarray(examples.paths, dtype=object)[order].astype(str),
-        "label": np.asarray(examples.labels, dtype=np.int32)[order],
-    }
+def validate_cache(cache: str) -> None:
+    """Raises ValueError unless `cache` is one of CACHE_CHOICES."""
+    if cache not in ("none", "memory") and not (cache.startswith("disk:") and len(cache) > 5):
+        raise ValueError(f"--cache={cache} is not one of {CACHE_CHOICES}")
 
 
-def build_dataset(examples: Examples, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
+def _cache(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    if config.cache == "memory":
+        return ds.cache()
+    directory = config.cache[len("disk:"):]
+    os.makedirs(directory, exist_ok=True)
+    name = (f"{config.cache_name}-{config.cache_size}px-pipeline{context.input_pipeline_id}"
+            f"of{context.num_input_pipelines}")
+    return ds.cache(os.path.join(directory, name))
+
+
+def _seeded(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Adds a per-example stateless "seed": random augmentation is a function of (run seed, position)."""
+    seeds = tf.data.Dataset.random(seed=config.seed * 1000 + context.input_pipeline_id).batch(2)
+    return tf.data.Dataset.zip(ds, seeds).map(lambda example, seed: {**example, "seed": seed})
+
+
+def _compose(*steps: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    def apply(example: dict) -> dict:
+        for step in steps:
+            example = step(example)
+        return example
+
+    return apply
+
+
+def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
                   to_model_io: Callable[[dict], tuple] | None = None) -> tf.data.Dataset:
-    """Batches of {"image": uint8 [b, s, s, 3], "label": int32 [b]} for one input pipeline.
+    """Batches of {"image": uint8 [b, s, s, 3], "label": int32 [b]} (and "weight" in evaluation).
 
     Training repeats forever and drops the last partial batch. Evaluation adds "weight" (1 for real examples)
     and pads with zero-weight examples so that every input pipeline yields the same number of full batches,
@@ -61,23 +111,38 @@ def build_dataset(examples: Examples, config: PipelineConfig, context: tf.distri
     `to_model_io` (the task's) maps each batch to the tuple the model trains on.
     """
     context = context or tf.distribute.InputContext()
+    validate_cache(config.cache)
     batch_size = context.get_per_replica_batch_size(config.global_batch_size)
-    ds = tf.data.Dataset.from_tensor_slices(_file_table(examples, config.seed, shuffle=config.training))
-    if context.num_input_pipelines > 1:
-        ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+    cached = config.cache != "none"
+    parallel = tf.data.AUTOTUNE
+    ds = split.records(context, config.seed, shuffle=config.training and not cached)
+    if config.training and cached:
+        ds = ds.map(decode.decode_resize(config.cache_size), num_parallel_calls=parallel)
+        ds = _cache(ds.map(_keep("image", "label")), config, context)
+        budget = config.memory_budget_bytes or physical_memory_bytes() // 16
+        shard = -(-len(split) // context.num_input_pipelines)
+        buffer = shuffle_buffer_size(shard, config.cache_size ** 2 * 3, budget)
+        ds = _seeded(ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True).repeat(), config, context)
+        augment = [decode.random_resized_crop(config.image_size, config.crop_scale)]
+    elif config.training:
+        ds = _seeded(ds.repeat(), config, context)
+        augment = [decode.decode_random_crop(config.image_size, config.crop_scale)]
+    else:
+        ds = ds.map(decode.decode_resize(config.image_size), num_parallel_calls=parallel).map(_keep("image", "label"))
+        ds = _cache(ds, config, context) if cached else ds
+        ds = _pad_to_full_batches(ds, len(split), config, context).repeat()
+        augment = []
     if config.training:
-        shard_size = int(ds.cardinality())
-        ds = ds.shuffle(shard_size, seed=config.seed + context.input_pipeline_id, reshuffle_each_iteration=True)
-        ds = ds.repeat()
-        seeds = tf.data.Dataset.random(seed=config.seed * 1000 + context.input_pipeline_id).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(lambda ex, seed: {**ex, "seed": seed})
-    ds = ds.map(_preprocess_fn(config), num_parallel_calls=tf.data.AUTOTUNE)
-    if not config.training:
-        ds = _pad_to_full_batches(ds, len(examples), config, context).repeat()
-    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+        augment += [decode.random_flip] if config.flip else []
+        ds = ds.map(_compose(*augment, _keep("image", "label")), num_parallel_calls=parallel)
+    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
     if to_model_io is not None:
         ds = ds.map(to_model_io)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options(config.deterministic))
+
+
+def _keep(*keys: str) -> Callable[[dict], dict]:
+    return lambda example: {k: example[k] for k in keys}
 
 
 def eval_steps(num_examples: int, global_batch_size: int) -> int:
@@ -100,22 +165,7 @@ def _pad_to_full_batches(ds: tf.data.Dataset, num_examples: int, config: Pipelin
     return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padded_total // pipelines - shard_size))
 
 
-def _preprocess_fn(config: PipelineConfig) -> Callable[[dict], dict]:
-    if config.training:
-        steps = [decode.read_file, decode.decode_random_crop(config.image_size, config.crop_scale)]
-        steps += [decode.random_flip] if config.flip else []
-    else:
-        steps = [decode.read_file, decode.decode_resize(config.image_size)]
-
-    def apply(example: dict) -> dict:
-        for step in steps:
-            example = step(example)
-        return {"image": example["image"], "label": example["label"]}
-
-    return apply
-
-
-def make_input_fn(examples: Examples, config: PipelineConfig, to_model_io: Callable[[dict], tuple] | None = None
+def make_input_fn(split: Split, config: PipelineConfig, to_model_io: Callable[[dict], tuple] | None = None
                   ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """The per-input-pipeline dataset function for `strategy.distribute_datasets_from_function`."""
-    return lambda context: build_dataset(examples, config, context, to_model_io)
+    return lambda context: build_dataset(split, config, context, to_model_io)

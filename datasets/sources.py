@@ -1,16 +1,21 @@
 """Data sources: where examples come from, before any decoding.
 
-A source lists its examples per split as plain Python lists (file paths and labels, plus boxes and mask
-paths where the data has them). The streaming pipeline (`datasets/pipeline.py`) turns them into tensors.
+A source has splits. Every split knows its size and yields, for one input pipeline, one epoch of records:
+dicts with "encoded" (image file bytes) or "image" (uint8 pixels), "label" (int32) and "id" (a string that
+names the example in errors: its path, or its file and index). The streaming pipeline
+(`datasets/pipeline.py`) decodes, caches, augments and batches them, the same way for every source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
+from typing import Protocol
 
 import numpy as np
+import tensorflow as tf
 
 from datasets import shapes
 
@@ -18,9 +23,15 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as keras.utils.i
 SPLIT_DIRECTORY_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "valid", "test")}
 
 
+def shard_warning(num_items: int, what: str, pipelines: int) -> None:
+    """Logs that there are too few files to shard by file, so every pipeline reads all and keeps its share."""
+    logging.warning("%d %s for %d input pipelines: sharding by example (every pipeline reads every file); "
+                    "write at least %d shards for file-level sharding", num_items, what, pipelines, pipelines)
+
+
 @dataclasses.dataclass
 class Examples:
-    """One split: parallel lists, one entry per image."""
+    """One split of loose image files: parallel lists, one entry per image."""
 
     paths: list[str]
     labels: list[int]
@@ -31,6 +42,27 @@ class Examples:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset:
+        """One epoch of this pipeline's files: a seeded order shared by all pipelines, then a disjoint shard,
+        reshuffled every epoch (a full shuffle: the buffer holds only paths)."""
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        table = {"id": np.asarray(self.paths, dtype=object)[order].astype(str),
+                 "label": np.asarray(self.labels, dtype=np.int32)[order]}
+        ds = tf.data.Dataset.from_tensor_slices(table)
+        if context.num_input_pipelines > 1:
+            ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed + context.input_pipeline_id, reshuffle_each_iteration=True)
+        return ds.map(lambda r: {**r, "encoded": tf.io.read_file(r["id"])}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class Split(Protocol):
+    """What the pipeline needs of a split (see the module docstring)."""
+
+    def __len__(self) -> int: ...
+
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset: ...
+
 
 @dataclasses.dataclass
 class Source:
@@ -38,7 +70,7 @@ class Source:
 
     name: str
     class_names: list[str]
-    splits: dict[str, Examples]
+    splits: dict[str, Split]
 
     @property
     def num_classes(self) -> int:

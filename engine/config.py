@@ -19,6 +19,7 @@ class Config:
     dataset: str = "shapes"
     val_fraction: float = 0.2
     cache_dir: str = ""
+    cache: str = "none"
     model: str = "small_cnn"
     weights: str = ""
     strategy: str = "default"

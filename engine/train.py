@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from datasets import pipeline
 from datasets import spec as dataset_spec
-from datasets.sources import Examples
+from datasets.sources import Split
 from engine import callbacks as engine_callbacks
 from engine import devices, keras_patches, optim, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
@@ -61,10 +61,11 @@ def plan_steps(num_train: int, global_batch_size: int, epochs: int, train_steps:
     return StepPlan(natural, epochs)
 
 
-def _distributed(strategy: tf.distribute.Strategy, examples: Examples, task, config: Config, training: bool):
+def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
     pipeline_config = pipeline.PipelineConfig(
         image_size=config.image_size, global_batch_size=config.batch_size, training=training,
-        seed=config.seed, deterministic=config.deterministic)
+        seed=config.seed, deterministic=config.deterministic, cache=config.cache,
+        cache_name="train" if training else "val")
     input_fn = pipeline.make_input_fn(examples, pipeline_config, task.model_io)
     return strategy.distribute_datasets_from_function(input_fn)
 
@@ -130,8 +131,8 @@ class Job:
     config: Config
     strategy: tf.distribute.Strategy
     task: tasks.ClassificationTask
-    train_examples: Examples
-    val_examples: Examples
+    train_examples: Split
+    val_examples: Split
     plan: StepPlan
     is_chief: bool
     worker: int
@@ -146,6 +147,10 @@ def prepare(config: Config) -> Job:
     """Resolves strategy, numerics, data, task and step plan; writes the resolved config; prints one line."""
     if config.mode not in MODES:
         raise FlagError(f"--mode={config.mode} is unknown; choose one of {', '.join(MODES)}")
+    try:
+        pipeline.validate_cache(config.cache)
+    except ValueError as error:
+        raise FlagError(str(error)) from error
     strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
     devices.check_batch_size(config.batch_size, strategy)
     keras_patches.patch_for(strategy)

@@ -1,8 +1,11 @@
 """The streaming pipeline: sharding, static shapes, seeded order, uint8 images."""
 
 import collections
+import dataclasses
+import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from datasets import decode, pipeline, sources
@@ -71,3 +74,34 @@ def test_same_seed_same_batches_different_seed_different_batches(tiny_shapes):
     a, b, c = first_batches(1), first_batches(1), first_batches(2)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_cache_sits_before_augmentation_and_keeps_eval_exact(tiny_shapes, tmp_path):
+    splits = _examples(tiny_shapes)
+    config = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=True, seed=3,
+                                     cache=f"disk:{tmp_path}", deterministic=True)
+    ds = pipeline.build_dataset(splits["train"], config)
+    assert ds.element_spec["image"].shape == (8, 32, 32, 3)
+    per_epoch = len(splits["train"]) // 8
+    first, second = [np.concatenate([b["image"].numpy() for b in epoch]) for epoch in
+                     (ds.take(per_epoch), ds.skip(per_epoch).take(per_epoch))]
+    assert os.listdir(tmp_path), "the disk cache was written"
+    assert not np.array_equal(first, second), "augmentation after the cache gives new crops every epoch"
+
+    plain = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=False, deterministic=True)
+    cached = dataclasses.replace(plain, cache="memory")
+    steps = pipeline.eval_steps(len(splits["val"]), 8)
+    for a, b in zip(pipeline.build_dataset(splits["val"], plain).take(steps),
+                    pipeline.build_dataset(splits["val"], cached).take(steps)):
+        assert np.array_equal(a["image"].numpy(), b["image"].numpy())
+        assert np.array_equal(a["label"].numpy(), b["label"].numpy())
+
+
+def test_shuffle_buffer_follows_memory_budget():
+    assert pipeline.shuffle_buffer_size(1000, 100, budget_bytes=1 << 20) == 1000
+    assert pipeline.shuffle_buffer_size(10**7, 150_000, budget_bytes=1 << 30) == (1 << 30) // 150_000
+
+
+def test_bad_cache_flag_is_rejected():
+    with pytest.raises(ValueError, match="--cache=disk:"):
+        pipeline.validate_cache("disk:")
