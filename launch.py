@@ -54,7 +54,10 @@ flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
                      "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
 flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
                     "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
-flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval"], "What to do.")
+flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert"],
+                  "What to do. convert writes --dataset as TFRecord shards to --output.")
+flags.DEFINE_string("output", DEFAULTS.output, "Output directory of --mode=convert.")
+flags.DEFINE_integer("num_shards", DEFAULTS.num_shards, "TFRecord shards per split for --mode=convert.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed for weights, data order and augmentation.")
 flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
                   "Keep tf.data element order deterministic (slower); off by default.")

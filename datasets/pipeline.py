@@ -17,6 +17,7 @@ from typing import Callable
 import tensorflow as tf
 
 from datasets import decode
+from datasets.budget import physical_memory_bytes, shuffle_buffer_size
 from datasets.sources import Split
 
 CACHE_CHOICES = "none | memory | disk:PATH"
@@ -35,25 +36,12 @@ class PipelineConfig:
     flip: bool = True
     cache: str = "none"  # CACHE_CHOICES
     cache_name: str = "train"  # distinguishes splits inside a disk cache directory
-    memory_budget_bytes: int = 0  # for shuffle buffers; 0: a sixteenth of physical memory
+    memory_budget_bytes: int | None = None  # for shuffle buffers; None: budget.shuffle_budget_bytes()
 
     @property
     def cache_size(self) -> int:
         """Side of cached training images: crops are taken from a 8/7 larger image (256 for 224)."""
         return round(self.image_size * 8 / 7) if self.training else self.image_size
-
-
-def physical_memory_bytes() -> int:
-    """Physical memory of this machine (POSIX), or 8 GiB where it cannot be read."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-def shuffle_buffer_size(num_examples: int, bytes_per_example: int, budget_bytes: int) -> int:
-    """The whole shard if it fits the memory budget, else as many examples as the budget holds."""
-    return max(1, min(num_examples, budget_bytes // max(1, bytes_per_example)))
 
 
 def dataset_options(deterministic: bool) -> tf.data.Options:
@@ -119,9 +107,8 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
     if config.training and cached:
         ds = ds.map(decode.decode_resize(config.cache_size), num_parallel_calls=parallel)
         ds = _cache(ds.map(_keep("image", "label")), config, context)
-        budget = config.memory_budget_bytes or physical_memory_bytes() // 16
         shard = -(-len(split) // context.num_input_pipelines)
-        buffer = shuffle_buffer_size(shard, config.cache_size ** 2 * 3, budget)
+        buffer = shuffle_buffer_size(shard, config.cache_size ** 2 * 3, config.memory_budget_bytes)
         ds = _seeded(ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True).repeat(), config, context)
         augment = [decode.random_resized_crop(config.image_size, config.crop_scale)]
     elif config.training:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from datasets import shapes, sources
+from datasets import idx, shapes, sources, tfrecord
 
-KINDS = ("shapes", "folder")
+KINDS = ("shapes", "folder", "tfrecord", "idx")
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -24,4 +24,8 @@ def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0) ->
     kind, path = parse(spec)
     if kind == "shapes":
         return sources.shapes_source(path or shapes.default_directory(cache_dir))
+    if kind == "tfrecord":
+        return tfrecord.tfrecord_source(path)
+    if kind == "idx":
+        return idx.idx_source(path)
     return sources.folder_source(path, val_fraction, seed)

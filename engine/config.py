@@ -40,6 +40,8 @@ class Config:
     steps_per_execution: int = 1
     model_dir: str = ""
     mode: str = "train_and_eval"
+    output: str = ""
+    num_shards: int = 16
     seed: int = 0
     deterministic: bool = False
     verbose: int = 1

@@ -25,14 +25,14 @@ import time
 import keras
 import tensorflow as tf
 
-from datasets import pipeline
+from datasets import pipeline, tfrecord
 from datasets import spec as dataset_spec
 from datasets.sources import Split
 from engine import callbacks as engine_callbacks
 from engine import devices, keras_patches, optim, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 
-MODES = ("train", "eval", "train_and_eval")
+MODES = ("train", "eval", "train_and_eval", "convert")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,11 +202,26 @@ def build_model(job: Job) -> keras.Model:
 def run(config: Config) -> dict:
     """Runs `config.mode` and returns the summary (train modes) or the evaluation metrics (eval)."""
     started = time.perf_counter()
+    if config.mode == "convert":
+        return convert(config)
     job = prepare(config)
     model = build_model(job)
     if config.mode == "eval":
         return evaluate(job, model)
     return train(job, model, started)
+
+
+def convert(config: Config) -> dict:
+    """`--mode=convert`: writes `--dataset` as TFRecord shards and metadata.json into `--output`."""
+    if not config.output:
+        raise FlagError("--mode=convert needs --output=DIR for the TFRecord shards")
+    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
+                               config.seed)
+    metadata = tfrecord.convert(source, config.output, config.num_shards, config.seed)
+    counts = ", ".join(f"{name} {info['num_examples']} in {len(info['files'])} shards"
+                       for name, info in metadata["splits"].items())
+    print(f"[engine] converted {config.dataset} to {config.output}: {counts}", flush=True)
+    return metadata
 
 
 def train(job: Job, model: keras.Model, started: float) -> dict:

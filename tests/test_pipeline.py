@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from datasets import decode, pipeline, sources
+from datasets import budget, decode, pipeline, sources
 
 
 def _examples(root):
@@ -98,10 +98,26 @@ def test_cache_sits_before_augmentation_and_keeps_eval_exact(tiny_shapes, tmp_pa
 
 
 def test_shuffle_buffer_follows_memory_budget():
-    assert pipeline.shuffle_buffer_size(1000, 100, budget_bytes=1 << 20) == 1000
-    assert pipeline.shuffle_buffer_size(10**7, 150_000, budget_bytes=1 << 30) == (1 << 30) // 150_000
+    assert budget.shuffle_buffer_size(1000, 100, budget_bytes=1 << 20) == 1000
+    assert budget.shuffle_buffer_size(10**7, 150_000, budget_bytes=1 << 30) == (1 << 30) // 150_000
 
 
 def test_bad_cache_flag_is_rejected():
     with pytest.raises(ValueError, match="--cache=disk:"):
         pipeline.validate_cache("disk:")
+
+
+@pytest.mark.parametrize("num_shards", [1, 4])
+def test_each_source_gives_two_pipelines_disjoint_complete_epochs(tiny_shapes, tmp_path, num_shards):
+    """Training-mode record streams: with 2 pipelines every example is read exactly once per epoch, by
+    file-level sharding (4 shards) or by example-level sharding (1 shard)."""
+    from datasets import idx, tfrecord
+    shapes_source = sources.shapes_source(tiny_shapes)
+    tfrecord.convert(shapes_source, str(tmp_path), num_shards=num_shards)
+    arrays = idx.ArraySplit(np.zeros((10, 4, 4, 1), np.uint8), np.arange(10), "arrays")
+    for split in (shapes_source.splits["train"], tfrecord.tfrecord_source(str(tmp_path)).splits["train"], arrays):
+        seen = collections.Counter()
+        for pipeline_id in range(2):
+            context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
+            seen.update(r["id"] for r in split.records(context, seed=5, shuffle=True).as_numpy_iterator())
+        assert len(seen) == len(split) and set(seen.values()) == {1}

@@ -1,5 +1,6 @@
 """Data sources: the folder layout, its class order, splits and errors."""
 
+import gzip
 import os
 
 import numpy as np
@@ -8,6 +9,12 @@ import tensorflow as tf
 import keras
 
 from datasets import sources, spec
+from tests.conftest import SHARED_DATA
+
+
+def _write_png(path, image):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_png(image))
 
 
 def _write_image(path, value, fmt="jpg", channels=3):
@@ -64,3 +71,87 @@ def test_folder_without_images_is_an_error(tmp_path):
     os.makedirs(tmp_path / "empty" / "classA")
     with pytest.raises(sources.DataError, match="no images"):
         sources.folder_source(str(tmp_path / "empty"), 0.2, 0)
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def tiny_idx(tmp_path_factory):
+    """IDX files (train gzip, t10k plain) of random 8x8 grey images in 3 classes."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for prefix, n, gz in (("train", 24, ".gz"), ("t10k", 9, "")):
+        images, labels = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), np.arange(n) % 3
+        _write_idx(str(root / f"{prefix}-images-idx3-ubyte{gz}"), images)
+        _write_idx(str(root / f"{prefix}-labels-idx1-ubyte{gz}"), labels)
+        arrays[prefix] = (images, labels)
+    return str(root), arrays
+
+
+def _decoded_set(source):
+    """{split: sorted (label, pixels) pairs} read through the real evaluation pipeline."""
+    from datasets import pipeline
+    result = {}
+    for name, split in source.splits.items():
+        config = pipeline.PipelineConfig(image_size=8, global_batch_size=4, training=False)
+        pairs = []
+        for batch in pipeline.build_dataset(split, config).take(pipeline.eval_steps(len(split), 4)):
+            pairs += [(int(l), i.tobytes()) for i, l, w in
+                      zip(batch["image"].numpy(), batch["label"].numpy(), batch["weight"].numpy()) if w]
+        result[name] = sorted(pairs)
+    return result
+
+
+def test_idx_folder_and_tfrecord_yield_the_same_images_and_labels(tiny_idx, tmp_path):
+    from datasets import idx, tfrecord
+    root, arrays = tiny_idx
+    idx_source = idx.idx_source(root)
+    assert idx_source.class_names == ["0", "1", "2"]
+    assert (len(idx_source.splits["train"]), len(idx_source.splits["val"])) == (24, 9)
+    for prefix, split in (("train", "train"), ("t10k", "val")):
+        for i, (image, label) in enumerate(zip(*arrays[prefix])):
+            _write_png(str(tmp_path / "folder" / split / str(label) / f"{i}.png"), image[..., None])
+    folder_source = sources.folder_source(str(tmp_path / "folder"), 0.2, 0)
+    tfrecord.convert(idx_source, str(tmp_path / "from_idx"), num_shards=4)
+    tfrecord.convert(folder_source, str(tmp_path / "from_folder"), num_shards=3)
+    expected = _decoded_set(idx_source)
+    assert len(expected["train"]) == 24
+    assert _decoded_set(folder_source) == expected
+    assert _decoded_set(spec.load(f"tfrecord:{tmp_path / 'from_idx'}", "")) == expected
+    assert _decoded_set(spec.load(f"tfrecord:{tmp_path / 'from_folder'}", "")) == expected
+
+
+def test_converter_metadata_lists_shards_counts_and_sizes(tiny_idx, tmp_path):
+    from datasets import idx, tfrecord
+    metadata = tfrecord.convert(idx.idx_source(tiny_idx[0]), str(tmp_path), num_shards=5)
+    assert metadata["splits"]["train"]["counts"] == [5, 5, 5, 5, 4]
+    assert metadata["splits"]["val"]["num_examples"] == 9
+    assert metadata["image_sizes"]["height"] == {"min": 8, "median": 8.0, "max": 8}
+    assert sorted(os.listdir(tmp_path))[0] == "metadata.json" and not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+
+
+def test_truncated_idx_file_is_named(tmp_path):
+    from datasets import idx
+    _write_idx(str(tmp_path / "train-images-idx3-ubyte"), np.zeros((4, 8, 8), np.uint8))
+    with open(tmp_path / "train-images-idx3-ubyte", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(sources.DataError, match="train-images-idx3-ubyte: header declares shape"):
+        idx.read_idx(str(tmp_path / "train-images-idx3-ubyte"))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "fashion-mnist")),
+                    reason="../shared/data/fashion-mnist is not present")
+def test_real_fashion_mnist_idx():
+    from datasets import idx
+    source = idx.idx_source(os.path.join(SHARED_DATA, "fashion-mnist"))
+    train, val = source.splits["train"], source.splits["val"]
+    assert (len(train), len(val)) == (60000, 10000)
+    assert train.images.shape[1:] == (28, 28, 1)
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+    assert np.bincount(val.labels).tolist() == [1000] * 10

@@ -113,6 +113,8 @@ def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
     (["--dataset=folder:/no/such/dir"], "/no/such/dir: not a directory"),
     (["--strategy=warp_drive"], "--strategy"),
     (["--mode=eval"], "--mode=eval needs --model_dir"),
+    (["--cache=ram"], "--cache=ram is not one of"),
+    (["--mode=convert"], "--mode=convert needs --output"),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(flags, message, tiny_shapes):
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--epochs=1", *flags)
@@ -125,3 +127,16 @@ def test_eval_without_a_checkpoint_says_where_it_looked(tiny_shapes, tmp_path):
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=eval", f"--model_dir={tmp_path}", *TINY)
     assert result.returncode == 2
     assert f"no checkpoint in --model_dir={tmp_path}" in result.stderr
+
+
+def test_convert_then_train_on_tfrecord_shards(tiny_shapes, tmp_path):
+    shards = str(tmp_path / "shards")
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=convert", f"--output={shards}", "--num_shards=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train 256 in 4 shards, val 64 in 4 shards" in result.stdout
+    model_dir = str(tmp_path / "run")
+    result = run_launch(f"--dataset=tfrecord:{shards}", "--strategy=mirrored", "--epochs=1", "--cache=memory",
+                        f"--model_dir={model_dir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "256 train / 64 val" in result.stdout
+    assert json.load(open(os.path.join(model_dir, "summary.json")))["num_train"] == 256

@@ -1,0 +1,164 @@
+"""TFRecord shards: the converter (`--mode=convert`) and the `tfrecord:DIR` source.
+
+Each record is a `tf.train.Example` with the common feature keys (see BUILD.md):
+    image/encoded        bytes   the image file (JPEG/PNG as found; arrays are written as PNG)
+    image/format         bytes   "jpeg" or "png" ...
+    image/height, image/width  int64
+    image/filename       bytes   the example's original path or id, for error messages
+    image/class/label    int64   index into metadata.json's class_names
+
+The converter writes DIR/{split}-{i:05d}-of-{n:05d}.tfrecord plus DIR/metadata.json (class names, per-shard
+counts, image sizes, mean record size), so training on the shards lists no directories and needs no
+counting pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from datasets.budget import shuffle_buffer_size
+from datasets.sources import DataError, Source, shard_warning
+
+FORMAT = "tfdata-engine-tfrecord-v1"
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+@dataclasses.dataclass
+class TFRecordSplit:
+    """One split stored as TFRecord shards with known per-shard counts."""
+
+    files: list[str]
+    counts: list[int]
+    mean_record_bytes: int
+
+    def __len__(self) -> int:
+        return int(sum(self.counts))
+
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset:
+        """One epoch of this pipeline's share: whole shards per pipeline when there are enough of them (and
+        training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
+        pipelines, pipeline_id = context.num_input_pipelines, context.input_pipeline_id
+        files = list(self.files)
+        if shuffle:
+            files = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
+        by_file = pipelines > 1 and shuffle and len(files) >= pipelines
+        if by_file:
+            files = files[pipeline_id::pipelines]
+        elif pipelines > 1 and shuffle:
+            shard_warning(len(files), "TFRecord shards", pipelines)
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle:
+            ds = ds.shuffle(len(files), seed=seed + pipeline_id, reshuffle_each_iteration=True)
+        example_sharded = pipelines > 1 and not by_file  # needs the same record order in every pipeline
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True if example_sharded else None)
+        if example_sharded:
+            ds = ds.shard(pipelines, pipeline_id)
+        if shuffle:
+            share = -(-len(self) // pipelines)
+            ds = ds.shuffle(shuffle_buffer_size(share, self.mean_record_bytes), seed=seed + pipeline_id,
+                            reshuffle_each_iteration=True)
+        return ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _parse(serialized: tf.Tensor) -> dict:
+    features = tf.io.parse_single_example(serialized, FEATURES)
+    return {"encoded": features["image/encoded"], "label": tf.cast(features["image/class/label"], tf.int32),
+            "id": features["image/filename"]}
+
+
+def tfrecord_source(directory: str) -> Source:
+    """The converter's output directory."""
+    metadata_path = os.path.join(directory, "metadata.json")
+    if not os.path.exists(metadata_path):
+        raise DataError(f"{directory}: no metadata.json; write TFRecord shards with "
+                        f"`python launch.py --mode=convert --dataset=... --output={directory}`")
+    with open(metadata_path) as f:
+        metadata = json.load(f)
+    if metadata.get("format") != FORMAT:
+        raise DataError(f"{metadata_path}: format {metadata.get('format')!r} is not {FORMAT!r}")
+    splits = {}
+    for name, info in metadata["splits"].items():
+        files = [os.path.join(directory, file) for file in info["files"]]
+        missing = [file for file in files if not os.path.exists(file)]
+        if missing:
+            raise DataError(f"{directory}: shards listed in metadata.json are missing: {', '.join(missing[:5])}")
+        splits[name] = TFRecordSplit(files, info["counts"], info["mean_record_bytes"])
+    return Source(os.path.basename(os.path.normpath(directory)), metadata["class_names"], splits)
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def _encoded_with_shape(record: dict) -> dict:
+    """Encodes array examples as PNG and reads every image's shape, in the graph (parallel map)."""
+    if "encoded" in record:
+        image = tf.io.decode_image(record["encoded"], expand_animations=False)
+        encoded = record["encoded"]
+    else:
+        image = record["image"]
+        encoded = tf.io.encode_png(image)
+    return {"encoded": encoded, "label": record["label"], "id": record["id"], "shape": tf.shape(image)[:2]}
+
+
+def _format_of(encoded: bytes) -> bytes:
+    if encoded[:3] == b"\xff\xd8\xff":
+        return b"jpeg"
+    if encoded[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"png"
+    return b"gif" if encoded[:3] == b"GIF" else b"bmp" if encoded[:2] == b"BM" else b"unknown"
+
+
+def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict:
+    """Writes every split of `source` as `num_shards` TFRecord shards (fewer for small splits) and the
+    metadata; returns the metadata. Shards are written under temporary names and renamed when complete."""
+    if num_shards < 1:
+        raise DataError(f"--num_shards={num_shards} must be at least 1")
+    os.makedirs(output, exist_ok=True)
+    metadata = {"format": FORMAT, "class_names": source.class_names, "splits": {}, "feature_keys": sorted(FEATURES)}
+    heights, widths = [], []
+    for name, split in source.splits.items():
+        shards = min(num_shards, len(split))
+        files = [f"{name}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
+        writers = [tf.io.TFRecordWriter(os.path.join(output, file + ".tmp")) for file in files]
+        counts, total_bytes = [0] * shards, 0
+        stream = split.records(tf.distribute.InputContext(), seed, shuffle=True).map(
+            _encoded_with_shape, num_parallel_calls=tf.data.AUTOTUNE)
+        for index, record in enumerate(stream.as_numpy_iterator()):
+            encoded = record["encoded"]
+            example = tf.train.Example(features=tf.train.Features(feature={
+                "image/encoded": _bytes(encoded), "image/format": _bytes(_format_of(encoded)),
+                "image/height": _int(int(record["shape"][0])), "image/width": _int(int(record["shape"][1])),
+                "image/filename": _bytes(record["id"]), "image/class/label": _int(int(record["label"])),
+            })).SerializeToString()
+            writers[index % shards].write(example)
+            counts[index % shards] += 1
+            total_bytes += len(example)
+            heights.append(int(record["shape"][0]))
+            widths.append(int(record["shape"][1]))
+        for writer, file in zip(writers, files):
+            writer.close()
+            os.replace(os.path.join(output, file + ".tmp"), os.path.join(output, file))
+        metadata["splits"][name] = {"files": files, "counts": counts, "num_examples": sum(counts),
+                                    "mean_record_bytes": total_bytes // max(1, sum(counts))}
+    metadata["image_sizes"] = {
+        "height": {"min": min(heights), "median": float(np.median(heights)), "max": max(heights)},
+        "width": {"min": min(widths), "median": float(np.median(widths)), "max": max(widths)},
+    }
+    with open(os.path.join(output, "metadata.json"), "w") as f:
+        json.dump(metadata, f, indent=2)
+    return metadata
