@@ -54,13 +54,17 @@ flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
                      "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
 flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
                     "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
-flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert"],
-                  "What to do. convert writes --dataset as TFRecord shards to --output.")
+flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert", "inspect"],
+                  "What to do. convert writes --dataset as TFRecord shards to --output; inspect reports on the "
+                  "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json.")
 flags.DEFINE_string("output", DEFAULTS.output, "Output directory of --mode=convert.")
 flags.DEFINE_integer("num_shards", DEFAULTS.num_shards, "TFRecord shards per split for --mode=convert.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed for weights, data order and augmentation.")
 flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
                   "Keep tf.data element order deterministic (slower); off by default.")
+flags.DEFINE_bool("skip_bad_files", DEFAULTS.skip_bad_files,
+                  "Scan image files first and leave out (count and log) the ones that do not decode, instead of "
+                  "stopping at the first.")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
 
 

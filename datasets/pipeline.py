@@ -16,7 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from datasets import decode
+from datasets import decode, validate
 from datasets.budget import physical_memory_bytes, shuffle_buffer_size
 from datasets.sources import Split
 
@@ -104,8 +104,9 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
     cached = config.cache != "none"
     parallel = tf.data.AUTOTUNE
     ds = split.records(context, config.seed, shuffle=config.training and not cached)
+    checks = [validate.check_encoded] if "encoded" in ds.element_spec else []
     if config.training and cached:
-        ds = ds.map(decode.decode_resize(config.cache_size), num_parallel_calls=parallel)
+        ds = ds.map(_compose(*checks, decode.decode_resize(config.cache_size)), num_parallel_calls=parallel)
         ds = _cache(ds.map(_keep("image", "label")), config, context)
         shard = -(-len(split) // context.num_input_pipelines)
         buffer = shuffle_buffer_size(shard, config.cache_size ** 2 * 3, config.memory_budget_bytes)
@@ -113,9 +114,10 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
         augment = [decode.random_resized_crop(config.image_size, config.crop_scale)]
     elif config.training:
         ds = _seeded(ds.repeat(), config, context)
-        augment = [decode.decode_random_crop(config.image_size, config.crop_scale)]
+        augment = [*checks, decode.decode_random_crop(config.image_size, config.crop_scale)]
     else:
-        ds = ds.map(decode.decode_resize(config.image_size), num_parallel_calls=parallel).map(_keep("image", "label"))
+        ds = ds.map(_compose(*checks, decode.decode_resize(config.image_size), _keep("image", "label")),
+                    num_parallel_calls=parallel)
         ds = _cache(ds, config, context) if cached else ds
         ds = _pad_to_full_batches(ds, len(split), config, context).repeat()
         augment = []

@@ -71,6 +71,7 @@ class Source:
     name: str
     class_names: list[str]
     splits: dict[str, Split]
+    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # findings for --mode=inspect
 
     @property
     def num_classes(self) -> int:
@@ -104,16 +105,22 @@ def shapes_source(directory: str) -> Source:
     return Source("shapes", list(metadata["classes"]), splits)
 
 
-def _list_class_folder(root: str) -> tuple[list[str], list[str], list[int]]:
-    """Lists images under root/<class>/..., classes sorted like image_dataset_from_directory."""
-    class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+def _list_class_folder(root: str, notes: dict[str, list[str]]) -> tuple[list[str], list[str], list[int]]:
+    """Lists images under root/<class>/..., classes sorted like image_dataset_from_directory. Images outside
+    any class folder and non-image files inside them go to `notes` (they are not used)."""
+    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    class_names = sorted(e.name for e in entries if e.is_dir())
     if not class_names:
         raise DataError(f"{root}: no class sub-folders (expected one sub-folder of images per class)")
+    notes.setdefault("images_without_labels", []).extend(
+        sorted(e.path for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)))
     paths, labels = [], []
     for label, name in enumerate(class_names):
         found = []
         for dirpath, _, filenames in os.walk(os.path.join(root, name), followlinks=True):
-            found += [os.path.join(dirpath, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS)]
+            for f in filenames:
+                (found if f.lower().endswith(IMAGE_EXTENSIONS) else notes.setdefault("ignored_files", [])).append(
+                    os.path.join(dirpath, f))
         paths += sorted(found)
         labels += [label] * len(found)
     if not paths:
@@ -137,19 +144,21 @@ def folder_source(directory: str, val_fraction: float, seed: int) -> Source:
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: not a directory (--dataset=folder:PATH needs a folder of class folders)")
     split_dirs = _split_directories(directory)
+    notes: dict[str, list[str]] = {}
+    name = os.path.basename(os.path.normpath(directory))
     if split_dirs:
-        class_names, train_paths, train_labels = _list_class_folder(split_dirs["train"])
-        val_classes, val_paths, val_labels = _list_class_folder(split_dirs["val"])
+        class_names, train_paths, train_labels = _list_class_folder(split_dirs["train"], notes)
+        val_classes, val_paths, val_labels = _list_class_folder(split_dirs["val"], notes)
         if val_classes != class_names:
             raise DataError(f"{split_dirs['val']}: class folders {val_classes} differ from "
                             f"{split_dirs['train']}: {class_names}")
         splits = {"train": Examples(train_paths, train_labels), "val": Examples(val_paths, val_labels)}
-        return Source(os.path.basename(os.path.normpath(directory)), class_names, splits)
-    class_names, paths, labels = _list_class_folder(directory)
+        return Source(name, class_names, splits, notes)
+    class_names, paths, labels = _list_class_folder(directory, notes)
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val_fraction={val_fraction} must be in (0, 1) to split {directory}")
     order = np.random.default_rng(seed).permutation(len(paths))
     num_val = max(1, int(round(len(paths) * val_fraction)))
     pick = lambda idx: Examples([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
     splits = {"train": pick(sorted(order[num_val:])), "val": pick(sorted(order[:num_val]))}
-    return Source(os.path.basename(os.path.normpath(directory)), class_names, splits)
+    return Source(name, class_names, splits, notes)

@@ -44,6 +44,7 @@ class Config:
     num_shards: int = 16
     seed: int = 0
     deterministic: bool = False
+    skip_bad_files: bool = False
     verbose: int = 1
     resolved: dict = dataclasses.field(default_factory=dict)
 

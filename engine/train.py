@@ -15,6 +15,7 @@ Run directory (`--model_dir`), written by the chief:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -25,14 +26,14 @@ import time
 import keras
 import tensorflow as tf
 
-from datasets import pipeline, tfrecord
+from datasets import pipeline, tfrecord, validate
 from datasets import spec as dataset_spec
-from datasets.sources import Split
+from datasets.sources import DataError, Source, Split
 from engine import callbacks as engine_callbacks
 from engine import devices, keras_patches, optim, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 
-MODES = ("train", "eval", "train_and_eval", "convert")
+MODES = ("train", "eval", "train_and_eval", "convert", "inspect")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,11 +137,43 @@ class Job:
     plan: StepPlan
     is_chief: bool
     worker: int
+    source: Source
 
     @property
     def model_dir(self) -> str:
         """The run directory."""
         return self.config.model_dir
+
+
+def _load_source(config: Config) -> Source:
+    """The `--dataset` source; with `--skip_bad_files`, minus the files that do not decode (logged)."""
+    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
+                               config.seed)
+    if config.skip_bad_files:
+        for split, bad in validate.drop_bad_files(source).items():
+            print(f"[data] --skip_bad_files: {len(bad)} bad files left out of {split}"
+                  + "".join(f"\n  {path}: {reason}" for path, reason in sorted(bad.items())), flush=True)
+    return source
+
+
+@contextlib.contextmanager
+def _naming_bad_files(source: Source):
+    """Turns a decode failure inside tf.data into a DataError that names the bad files."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        named = error.message.split("bad image file (empty, not an image, or cut short):")
+        if len(named) > 1:
+            bad = named[1].strip().split("\n")[0].strip()
+            raise DataError(f"{bad}: bad image file (empty, not an image, or cut short); fix or remove it, or "
+                            "pass --skip_bad_files") from None
+        found = {path: reason for name, split in source.splits.items()
+                 if isinstance(split, validate.Examples) for path, reason in validate.scan(split).bad.items()}
+        if not found:
+            raise
+        listing = "".join(f"\n  {path}: {reason}" for path, reason in sorted(found.items()))
+        raise DataError(f"{len(found)} image files do not decode (pass --skip_bad_files to leave them out):"
+                        f"{listing}") from None
 
 
 def prepare(config: Config) -> Job:
@@ -158,8 +191,7 @@ def prepare(config: Config) -> Job:
     precision.apply(numerics)
     keras.utils.set_random_seed(config.seed)
 
-    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
-                               config.seed)
+    source = _load_source(config)
     task = tasks.make_task(config.task, source)
     train_examples, val_examples = source.splits["train"], source.splits["val"]
     plan = plan_steps(len(train_examples), config.batch_size, config.epochs, config.train_steps)
@@ -182,7 +214,7 @@ def prepare(config: Config) -> Job:
           f"{'on' if numerics.jit_compile else 'off'} | {plan.epochs} epochs x {plan.steps_per_epoch} steps | "
           f"{config.model_dir}", flush=True)
     print(f"[engine] {numerics.reason}", flush=True)
-    return Job(config, strategy, task, train_examples, val_examples, plan, is_chief, worker)
+    return Job(config, strategy, task, train_examples, val_examples, plan, is_chief, worker, source)
 
 
 def build_model(job: Job) -> keras.Model:
@@ -204,24 +236,56 @@ def run(config: Config) -> dict:
     started = time.perf_counter()
     if config.mode == "convert":
         return convert(config)
+    if config.mode == "inspect":
+        return inspect(config)
     job = prepare(config)
     model = build_model(job)
-    if config.mode == "eval":
-        return evaluate(job, model)
-    return train(job, model, started)
+    with _naming_bad_files(job.source):
+        if config.mode == "eval":
+            return evaluate(job, model)
+        return train(job, model, started)
 
 
 def convert(config: Config) -> dict:
     """`--mode=convert`: writes `--dataset` as TFRecord shards and metadata.json into `--output`."""
     if not config.output:
         raise FlagError("--mode=convert needs --output=DIR for the TFRecord shards")
-    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
-                               config.seed)
-    metadata = tfrecord.convert(source, config.output, config.num_shards, config.seed)
+    source = _load_source(config)
+    with _naming_bad_files(source):
+        metadata = tfrecord.convert(source, config.output, config.num_shards, config.seed)
     counts = ", ".join(f"{name} {info['num_examples']} in {len(info['files'])} shards"
                        for name, info in metadata["splits"].items())
     print(f"[engine] converted {config.dataset} to {config.output}: {counts}", flush=True)
     return metadata
+
+
+def inspect(config: Config) -> dict:
+    """`--mode=inspect`: prints and writes (to --model_dir/inspect.json) a report on `--dataset`."""
+    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
+                               config.seed)
+    report = validate.inspect(source)
+    model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "inspect.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"[inspect] {source.name}: {len(source.class_names)} classes")
+    for name, entry in report["splits"].items():
+        print(f"[inspect] {name}: {entry['examples']} examples")
+        for class_name, count in entry.get("per_class", {}).items():
+            print(f"    {class_name:24s} {count}")
+        if "image_size" in entry:
+            size = entry["image_size"]
+            print(f"    image height min/median/max {size['height']['min']}/{size['height']['median']:g}/"
+                  f"{size['height']['max']}, width {size['width']['min']}/{size['width']['median']:g}/"
+                  f"{size['width']['max']}")
+        for key in ("bad_files", "labels_without_images", "empty_classes"):
+            if entry.get(key):
+                print(f"    {key}: {len(entry[key])}" + "".join(f"\n      {item}" for item in entry[key]))
+    for key, items in source.notes.items():
+        if items:
+            print(f"[inspect] {key}: {len(items)}" + "".join(f"\n      {item}" for item in items))
+    print(f"[inspect] report written to {os.path.join(model_dir, 'inspect.json')}")
+    return report
 
 
 def train(job: Job, model: keras.Model, started: float) -> dict:

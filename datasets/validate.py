@@ -1,0 +1,127 @@
+"""Bad input: in-graph integrity checks that name the file, a full scan, and the `--mode=inspect` report.
+
+Every encoded image passes `check_encoded` in the pipeline: empty files, unknown formats and JPEG/PNG files
+cut short fail with an error naming the file (the fused JPEG crop alone would decode the intact part of a
+truncated file without complaint). Damage inside a file surfaces when it is decoded; `scan` then finds and
+names every bad file with one decode pass, which is also how `--skip_bad_files` drops them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from datasets import decode
+from datasets.sources import Examples, Source
+
+JPEG_END = b"\xff\xd9"
+PNG_END = b"IEND\xaeB`\x82"
+
+
+def _contains(tail: tf.Tensor, marker: bytes) -> tf.Tensor:
+    """Whether the (at most 16-byte) `tail` holds `marker`: the end marker, allowing a little trailing padding."""
+    return tf.reduce_any([tf.strings.substr(tail, i, len(marker)) == marker for i in range(17 - len(marker))])
+
+
+def check_encoded(example: dict) -> dict:
+    """Asserts that "encoded" is a complete JPEG/PNG or a GIF/BMP; the failure names example["id"]."""
+    encoded = example["encoded"]
+    length = tf.strings.length(encoded)
+    tail = tf.strings.substr(tf.strings.join([b"\x00" * 16, encoded]), length, 16)  # last 16 bytes, zero-padded
+    is_jpeg = tf.strings.substr(encoded, 0, 3) == b"\xff\xd8\xff"
+    is_png = tf.strings.substr(encoded, 0, 8) == b"\x89PNG\r\n\x1a\n"
+    is_other = tf.logical_or(tf.strings.substr(encoded, 0, 3) == b"GIF", tf.strings.substr(encoded, 0, 2) == b"BM")
+    jpeg_ok = tf.logical_and(is_jpeg, _contains(tail, JPEG_END))
+    png_ok = tf.logical_and(is_png, _contains(tail, PNG_END))
+    valid = tf.logical_and(length > 0, tf.reduce_any([jpeg_ok, png_ok, is_other]))
+    check = tf.debugging.Assert(valid, ["bad image file (empty, not an image, or cut short):", example["id"]])
+    with tf.control_dependencies([check]):
+        return {**example, "encoded": tf.identity(encoded)}
+
+
+@dataclasses.dataclass
+class ScanResult:
+    """What one decode pass over a split found."""
+
+    bad: dict[str, str]  # id -> reason
+    heights: np.ndarray
+    widths: np.ndarray
+
+
+def _reason(path: str) -> str:
+    """Why `path` does not decode, in one line."""
+    if not os.path.exists(path):
+        return "missing"
+    if os.path.getsize(path) == 0:
+        return "zero bytes"
+    data = tf.io.read_file(path)
+    try:
+        check_encoded({"encoded": data, "id": tf.constant(path)})
+        decode.decode_resize(8)({"encoded": data})
+    except tf.errors.OpError as error:
+        return error.message.strip().splitlines()[0][:200]
+    return "failed in the pipeline"
+
+
+def _decoded_shape(record: dict) -> dict:
+    image = tf.io.decode_image(check_encoded(record)["encoded"], channels=3, expand_animations=False)
+    return {"id": record["id"], "shape": tf.shape(image)[:2]}
+
+
+def scan(examples: Examples) -> ScanResult:
+    """Decodes every file of `examples` once (in parallel) and reports the ones that fail, and image sizes."""
+    ds = examples.records(tf.distribute.InputContext(), seed=0, shuffle=False).ignore_errors()
+    ds = ds.map(_decoded_shape, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    good, heights, widths = set(), [], []
+    for record in ds.as_numpy_iterator():
+        good.add(record["id"].decode())
+        heights.append(int(record["shape"][0]))
+        widths.append(int(record["shape"][1]))
+    bad = {path: _reason(path) for path in examples.paths if path not in good}
+    return ScanResult(bad, np.asarray(heights), np.asarray(widths))
+
+
+def without(examples: Examples, bad: set[str]) -> Examples:
+    """`examples` minus the files in `bad` (labels, masks and boxes stay aligned)."""
+    keep = [i for i, path in enumerate(examples.paths) if path not in bad]
+    pick = lambda values: None if values is None else [values[i] for i in keep]  # noqa: E731
+    return Examples(pick(examples.paths), pick(examples.labels), pick(examples.mask_paths), pick(examples.boxes),
+                    pick(examples.box_classes))
+
+
+def drop_bad_files(source: Source) -> dict[str, dict[str, str]]:
+    """Scans every file-based split, removes its bad files in place, returns {split: {file: reason}}."""
+    dropped = {}
+    for name, split in source.splits.items():
+        if isinstance(split, Examples):
+            bad = scan(split).bad
+            if bad:
+                source.splits[name] = without(split, set(bad))
+            dropped[name] = bad
+    return dropped
+
+
+def inspect(source: Source) -> dict:
+    """A report per split: examples per class, image sizes, bad files, and files listed but missing."""
+    report = {"dataset": source.name, "class_names": source.class_names, "splits": {}}
+    for name, split in source.splits.items():
+        labels = getattr(split, "labels", None)
+        entry: dict = {"examples": len(split)}
+        if labels is not None:
+            counts = collections.Counter(int(label) for label in labels)
+            entry["per_class"] = {source.class_names[c]: counts.get(c, 0) for c in range(len(source.class_names))}
+            entry["empty_classes"] = [n for n, count in entry["per_class"].items() if count == 0]
+        if isinstance(split, Examples):
+            result = scan(split)
+            entry["bad_files"] = {path: reason for path, reason in result.bad.items() if reason != "missing"}
+            entry["labels_without_images"] = sorted(p for p, reason in result.bad.items() if reason == "missing")
+            if len(result.heights):
+                entry["image_size"] = {axis: {"min": int(v.min()), "median": float(np.median(v)), "max": int(v.max())}
+                                       for axis, v in (("height", result.heights), ("width", result.widths))}
+        report["splits"][name] = entry
+    report.update(source.notes)
+    return report
