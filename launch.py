@@ -18,11 +18,15 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("task", DEFAULTS.task, ["classification"], "What to train.")
 flags.DEFINE_string("dataset", DEFAULTS.dataset,
-                    "KIND[:PATH]: shapes[:DIR] (generated, the default) or folder:DIR (one sub-folder per class).")
+                    "KIND[:PATH]: shapes[:DIR] (generated, the default), folder:DIR (one sub-folder per class), "
+                    "tfrecord:DIR (--mode=convert output), tfds:NAME[:SPLIT], idx:DIR (MNIST format).")
 flags.DEFINE_float("val_fraction", DEFAULTS.val_fraction,
                    "Fraction held out for validation when the data has no train/val split.")
 flags.DEFINE_string("cache_dir", DEFAULTS.cache_dir,
                     "Where generated data is kept (default $ENGINE_CACHE_DIR or ~/.cache/tfdata-engine).")
+flags.DEFINE_string("data_dir", DEFAULTS.data_dir, "TFDS data directory for --dataset=tfds:NAME.")
+flags.DEFINE_bool("tfds_download", DEFAULTS.tfds_download,
+                  "Let --dataset=tfds:NAME download and prepare a dataset that is not in --data_dir.")
 flags.DEFINE_string("cache", DEFAULTS.cache,
                     "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
 flags.DEFINE_string("model", DEFAULTS.model,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from datasets import idx, shapes, sources, tfrecord
+from datasets import idx, shapes, sources, tfds_source, tfrecord
 
-KINDS = ("shapes", "folder", "tfrecord", "idx")
+KINDS = ("shapes", "folder", "tfrecord", "tfds", "idx")
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -19,8 +19,10 @@ def parse(spec: str) -> tuple[str, str]:
     return kind, os.path.expanduser(path)
 
 
-def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0) -> sources.Source:
-    """The source named by `spec`; `shapes` is generated under `cache_dir` on first use."""
+def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0, data_dir: str = "",
+         tfds_download: bool = False) -> sources.Source:
+    """The source named by `spec`; `shapes` is generated under `cache_dir` on first use; `tfds` reads
+    `data_dir` and downloads only with `tfds_download`."""
     kind, path = parse(spec)
     if kind == "shapes":
         return sources.shapes_source(path or shapes.default_directory(cache_dir))
@@ -28,4 +30,6 @@ def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0) ->
         return tfrecord.tfrecord_source(path)
     if kind == "idx":
         return idx.idx_source(path)
+    if kind == "tfds":
+        return tfds_source.tfds_source(path, data_dir, tfds_download, val_fraction)
     return sources.folder_source(path, val_fraction, seed)

@@ -20,6 +20,8 @@ class Config:
     val_fraction: float = 0.2
     cache_dir: str = ""
     cache: str = "none"
+    data_dir: str = ""
+    tfds_download: bool = False
     model: str = "small_cnn"
     weights: str = ""
     strategy: str = "default"

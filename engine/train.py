@@ -148,7 +148,7 @@ class Job:
 def _load_source(config: Config) -> Source:
     """The `--dataset` source; with `--skip_bad_files`, minus the files that do not decode (logged)."""
     source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
-                               config.seed)
+                               config.seed, config.data_dir, config.tfds_download)
     if config.skip_bad_files:
         for split, bad in validate.drop_bad_files(source).items():
             print(f"[data] --skip_bad_files: {len(bad)} bad files left out of {split}"
@@ -262,7 +262,7 @@ def convert(config: Config) -> dict:
 def inspect(config: Config) -> dict:
     """`--mode=inspect`: prints and writes (to --model_dir/inspect.json) a report on `--dataset`."""
     source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
-                               config.seed)
+                               config.seed, config.data_dir, config.tfds_download)
     report = validate.inspect(source)
     model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(model_dir, exist_ok=True)

@@ -9,7 +9,7 @@ import tensorflow as tf
 import keras
 
 from datasets import sources, spec
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, run_launch
 
 
 def _write_png(path, image):
@@ -155,3 +155,52 @@ def test_real_fashion_mnist_idx():
     assert train.images.shape[1:] == (28, 28, 1)
     assert np.bincount(train.labels).tolist() == [6000] * 10
     assert np.bincount(val.labels).tolist() == [1000] * 10
+
+
+_TFDS_ARRAYS = {}
+
+
+def _tiny_tfds_builder_class():
+    import tensorflow_datasets as tfds
+
+    class TinyIdxTfds(tfds.core.GeneratorBasedBuilder):
+        """The tiny_idx arrays as a TFDS dataset (PNG images), prepared offline."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1), encoding_format="png"),
+                "label": tfds.features.ClassLabel(names=["0", "1", "2"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples("train"), "test": self._generate_examples("t10k")}
+
+        def _generate_examples(self, prefix):
+            for i, (image, label) in enumerate(zip(*_TFDS_ARRAYS[prefix])):
+                yield i, {"image": image[..., None], "label": int(label)}
+
+    return TinyIdxTfds
+
+
+def test_tfds_offline_yields_the_same_images_and_labels_as_idx(tiny_idx, tmp_path):
+    from datasets import idx
+    root, arrays = tiny_idx
+    _TFDS_ARRAYS.update(arrays)
+    data_dir = str(tmp_path / "tfds")
+    _tiny_tfds_builder_class()(data_dir=data_dir).download_and_prepare()
+    source = spec.load("tfds:tiny_idx_tfds", "", data_dir=data_dir)
+    assert source.class_names == ["0", "1", "2"]
+    assert _decoded_set(source) == _decoded_set(idx.idx_source(root))
+    result = run_launch("--dataset=tfds:tiny_idx_tfds", f"--data_dir={data_dir}", "--strategy=mirrored",
+                        "--epochs=1", "--batch_size=4", "--image_size=8", "--verbose=0",
+                        f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "24 train / 9 val" in result.stdout
+
+
+def test_tfds_dataset_that_is_not_prepared_says_how_to_prepare_it(tmp_path):
+    with pytest.raises(sources.DataError, match="mnist is not prepared .* `tfds build mnist"):
+        spec.load("tfds:mnist", "", data_dir=str(tmp_path))
+    with pytest.raises(sources.DataError, match="TFDS knows no dataset 'no_such_dataset_xyz'"):
+        spec.load("tfds:no_such_dataset_xyz", "", data_dir=str(tmp_path))
