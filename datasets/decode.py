@@ -106,6 +106,18 @@ def random_resized_crop(image_size: int, scale: tuple[float, float]) -> ExampleF
     return apply
 
 
+def random_crop(image_size: int) -> ExampleFn:
+    """Returns a function taking a plain random image_size crop of "image" (the cached-data recipe: cache at
+    8/7 of the size, crop without resizing), decided by the example's "seed"."""
+
+    def apply(example: dict) -> dict:
+        seed = tf.random.experimental.stateless_fold_in(example["seed"], 2)
+        crop = tf.image.stateless_random_crop(_rgb(example["image"]), [image_size, image_size, 3], seed)
+        return {**example, "image": crop}
+
+    return apply
+
+
 def random_flip(example: dict) -> dict:
     """Flips "image" left-right with probability 1/2, decided by the example's "seed"."""
     seed = tf.random.experimental.stateless_fold_in(example["seed"], 1)

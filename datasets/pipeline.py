@@ -4,8 +4,10 @@
 `strategy.distribute_datasets_from_function` takes: each input pipeline reads its own shard of the data and
 batches the per-replica batch size. Every source (`datasets/sources.py`) enters through `Split.records`.
 
-`--cache` keeps decoded images, resized to `cache_size`, before any random augmentation: training then
-takes its random crops from the cached pixels, so every epoch still sees new crops.
+`--cache` keeps decoded images, resized to `cache_size` (8/7 of the training size), before any random
+augmentation: training then takes plain random crops of the training size from the cached pixels (the classic
+"resize 256, crop 224" recipe, no resize per step), so every epoch still sees new crops. Without a cache,
+training uses random-resized crops (`crop_scale`) fused with JPEG decoding.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
         shard = -(-len(split) // context.num_input_pipelines)
         buffer = shuffle_buffer_size(shard, config.cache_size ** 2 * 3, config.memory_budget_bytes)
         ds = _seeded(ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True).repeat(), config, context)
-        augment = [decode.random_resized_crop(config.image_size, config.crop_scale)]
+        augment = [decode.random_crop(config.image_size)]
     elif config.training:
         ds = _seeded(ds.repeat(), config, context)
         augment = [*checks, decode.decode_random_crop(config.image_size, config.crop_scale)]

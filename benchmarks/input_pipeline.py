@@ -1,0 +1,214 @@
+"""Input pipeline throughput against what users do today, in one run, with ratios and peak RSS.
+
+Generates (once) a folder of JPEGs (about 400x400, quality 90, 10 classes), then measures batches of 64 at
+224x224 with random crop, horizontal flip and rescale to [0, 1]. Every variant runs in its own process, so
+its peak RSS is its own; each reports the median images/s of --repeats timed runs after a warm-up.
+
+    python benchmarks/input_pipeline.py --num_images=2000 --repeats=3
+
+Variants:
+  ceiling         decode_jpeg + resize in a 1-core loop (no crop), times the number of cores
+  folder          this project's pipeline on the folder: Inception random-resized crop (area 8-100%) fused
+                  with decoding (decode_and_crop_jpeg)
+  folder_mild     the same with the engine's default crop area for small images (50-100%)
+  tfrecord        `folder` on TFRecord shards written by the converter
+  cache           `folder` with --cache=memory (decoded at 256 px, plain 224 crops), second epoch onwards
+  idfd            keras.utils.image_dataset_from_directory (at 256 px) + Keras 3 preprocessing layers
+                  RandomCrop, RandomFlip, Rescaling in the map, as the Keras guides show
+  idfd_tfimage    image_dataset_from_directory (at 256 px) + the same crop/flip/rescale as tf.image ops
+  imagedatagen    tf.keras ImageDataGenerator(rescale, horizontal_flip).flow_from_directory at 224 px
+  pydataset       a keras.utils.PyDataset reading, cropping and flipping with PIL
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine import quiet  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", "/tmp/tfdata-engine-bench/jpegs", "Where the generated JPEG folder is kept.")
+flags.DEFINE_integer("num_images", 2000, "Images to generate.")
+flags.DEFINE_integer("batch_size", 64, "Batch size.")
+flags.DEFINE_integer("image_size", 224, "Output size.")
+flags.DEFINE_integer("repeats", 3, "Timed repetitions per variant (the median is reported).")
+flags.DEFINE_integer("batches", 20, "Batches per timed repetition (slow peers use a quarter).")
+flags.DEFINE_list("variants", ["ceiling", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
+                                "imagedatagen", "pydataset"],
+                  "Variants to run.")
+flags.DEFINE_string("only", "", "Internal: run one variant in this process and print its JSON result.")
+flags.DEFINE_string("output", "", "Optional JSON file for the results.")
+
+SLOW = {"imagedatagen", "pydataset"}
+
+
+def generate(directory: str, count: int) -> None:
+    """Writes `count` smooth random-texture JPEGs of 360-440 px, quality 90, in 10 class folders (once)."""
+    import numpy as np
+    import tensorflow as tf
+
+    if os.path.exists(os.path.join(directory, "done")):
+        return
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        size = rng.integers(360, 441, size=2)
+        coarse = tf.constant(rng.uniform(0, 255, (12, 12, 3)), tf.float32)
+        image = tf.image.resize(coarse, size, method="bicubic") + rng.normal(0, 12, (*size, 3))
+        folder = os.path.join(directory, f"class_{i % 10}")
+        os.makedirs(folder, exist_ok=True)
+        tf.io.write_file(os.path.join(folder, f"{i:05d}.jpg"),
+                         tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90))
+    open(os.path.join(directory, "done"), "w").close()
+
+
+def _crop_flip_rescale(image, size):
+    import tensorflow as tf
+
+    image = tf.image.random_crop(image, [size, size, 3])
+    return tf.cast(tf.image.random_flip_left_right(image), tf.float32) / 255.0
+
+
+def _iterator(variant: str):
+    """An iterator over batches for `variant` (a generator for the Python peers)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from datasets import pipeline, sources, tfrecord
+
+    size, batch = FLAGS.image_size, FLAGS.batch_size
+    folder = sources.folder_source(FLAGS.data, val_fraction=0.01, seed=0)
+    rescale = lambda b: {**b, "image": tf.cast(b["image"], tf.float32) / 255.0}  # noqa: E731
+    if variant in ("folder", "folder_mild", "tfrecord", "cache"):
+        split = folder.splits["train"]
+        if variant == "tfrecord":
+            shards = FLAGS.data + "-tfrecord"
+            if not os.path.exists(os.path.join(shards, "metadata.json")):
+                tfrecord.convert(folder, shards, num_shards=16)
+            split = tfrecord.tfrecord_source(shards).splits["train"]
+        config = pipeline.PipelineConfig(image_size=size, global_batch_size=batch, training=True,
+                                         crop_scale=(0.5, 1.0) if variant == "folder_mild" else (0.08, 1.0),
+                                         cache="memory" if variant == "cache" else "none")
+        ds = pipeline.build_dataset(split, config).map(rescale)
+        if variant == "cache":  # fill the cache: one full epoch before timing
+            ds = ds.skip(len(split) // batch)
+        return iter(ds)
+    if variant == "ceiling":
+        paths = tf.data.Dataset.from_tensor_slices(folder.splits["train"].paths).repeat()
+        ds = paths.map(lambda p: tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(p), channels=3), [size, size]))
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = 1
+        options.autotune.enabled = False
+        return iter(ds.batch(batch).with_options(options))
+    if variant in ("idfd", "idfd_tfimage"):
+        import keras
+
+        ds = keras.utils.image_dataset_from_directory(FLAGS.data, batch_size=None, image_size=(256, 256),
+                                                      shuffle=True, seed=0, verbose=False).repeat()
+        if variant == "idfd_tfimage":
+            ds = ds.map(lambda x, y: (_crop_flip_rescale(x, size), y), num_parallel_calls=tf.data.AUTOTUNE)
+            return iter(ds.batch(batch).prefetch(tf.data.AUTOTUNE))
+        augment = keras.Sequential([keras.layers.RandomCrop(size, size), keras.layers.RandomFlip("horizontal"),
+                                    keras.layers.Rescaling(1 / 255.0)])
+        ds = ds.batch(batch).map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return iter(ds.prefetch(tf.data.AUTOTUNE))
+    if variant == "imagedatagen":
+        ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator  # noqa: N806 (a class)
+
+        generator = ImageDataGenerator(rescale=1 / 255.0, horizontal_flip=True)
+        return generator.flow_from_directory(FLAGS.data, target_size=(size, size), batch_size=batch, seed=0)
+    if variant == "pydataset":
+        import keras
+        from PIL import Image
+
+        paths = folder.splits["train"].paths
+        rng = np.random.default_rng(0)
+
+        class PILDataset(keras.utils.PyDataset):
+            def __len__(self):
+                return len(paths) // batch
+
+            def __getitem__(self, index):
+                images = []
+                for path in paths[index * batch:(index + 1) * batch]:
+                    with Image.open(path) as image:
+                        image = image.convert("RGB").resize((256, 256))
+                    array = np.asarray(image)
+                    y, x = rng.integers(0, 256 - size + 1, size=2)
+                    array = array[y:y + size, x:x + size]
+                    images.append(array[:, ::-1] if rng.random() < 0.5 else array)
+                return np.stack(images).astype(np.float32) / 255.0
+
+        dataset = PILDataset()
+        return (dataset[i % len(dataset)] for i in range(10**9))
+    raise ValueError(f"unknown variant {variant}")
+
+
+def run_variant(variant: str) -> dict:
+    """Times `variant` in this process; returns images/s (median), all runs and peak RSS."""
+    iterator = _iterator(variant)
+    batches = max(2, FLAGS.batches // 4) if variant in SLOW else FLAGS.batches
+    for _ in range(3):
+        next(iterator)  # warm-up: tracing, thread pools, file cache
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rates = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            next(iterator)
+        rates.append(batches * FLAGS.batch_size / (time.perf_counter() - start))
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"variant": variant, "images_per_second": statistics.median(rates), "runs": rates,
+            "peak_rss_mb": rss_after / 1024, "rss_growth_while_timed_mb": (rss_after - rss_before) / 1024}
+
+
+def main(argv: list[str]) -> None:
+    """Runs each variant in a subprocess and prints the table of rates, ratios and peak RSS."""
+    del argv
+    quiet.import_tensorflow_quietly()
+    if FLAGS.only:
+        print("RESULT " + json.dumps(run_variant(FLAGS.only)), flush=True)
+        return
+    generate(FLAGS.data, FLAGS.num_images)
+    results = {}
+    for variant in FLAGS.variants:
+        args = [sys.executable, os.path.abspath(__file__), f"--only={variant}", f"--data={FLAGS.data}",
+                f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}",
+                f"--repeats={FLAGS.repeats}", f"--batches={FLAGS.batches}"]
+        out = subprocess.run(args, capture_output=True, text=True)
+        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
+            continue
+        results[variant] = json.loads(line[len("RESULT "):])
+        if variant == "ceiling":
+            results[variant]["images_per_second"] *= os.cpu_count() or 1
+        print(f"  measured {variant}: {results[variant]['images_per_second']:.0f} img/s", flush=True)
+    ceiling = results.get("ceiling", {}).get("images_per_second")
+    peers = {k: results[k]["images_per_second"] for k in ("idfd", "idfd_tfimage", "imagedatagen", "pydataset")
+             if k in results}
+    print(f"\n{os.cpu_count()} cores, {FLAGS.num_images} JPEGs ~400x400 q90 -> batches of {FLAGS.batch_size} at "
+          f"{FLAGS.image_size}px, crop+flip+rescale; median of {FLAGS.repeats}")
+    header = f"{'variant':14s} {'img/s':>8s} {'x ceiling':>10s} " + " ".join(f"{'x ' + k:>15s}" for k in peers)
+    print(header + f" {'peak RSS MB':>12s} {'RSS growth MB':>14s}")
+    for name, result in results.items():
+        rate = result["images_per_second"]
+        ratios = " ".join(f"{rate / peer:15.2f}" for peer in peers.values())
+        print(f"{name:14s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
+              f"{result['peak_rss_mb']:12.0f} {result['rss_growth_while_timed_mb']:14.1f}")
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
