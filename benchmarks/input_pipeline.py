@@ -21,6 +21,8 @@ Variants:
   idfd_tfimage    image_dataset_from_directory (at 256 px) + the same crop/flip/rescale as tf.image ops
   imagedatagen    tf.keras ImageDataGenerator(rescale, horizontal_flip).flow_from_directory at 224 px
   pydataset       a keras.utils.PyDataset reading, cropping and flipping with PIL
+  stream_rss      `folder`, and `tfrecord` with a 16 MB shuffle budget (smaller than the data), each streamed
+                  for 10 epochs: resident memory after each epoch
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ flags.DEFINE_integer("image_size", 224, "Output size.")
 flags.DEFINE_integer("repeats", 3, "Timed repetitions per variant (the median is reported).")
 flags.DEFINE_integer("batches", 20, "Batches per timed repetition (slow peers use a quarter).")
 flags.DEFINE_list("variants", ["ceiling", "ceiling_graph", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
-                                "imagedatagen", "pydataset"],
+                                "imagedatagen", "pydataset", "stream_rss"],
                   "Variants to run.")
 flags.DEFINE_string("only", "", "Internal: run one variant in this process and print its JSON result.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
@@ -163,6 +165,35 @@ def _iterator(variant: str):
     raise ValueError(f"unknown variant {variant}")
 
 
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def stream_rss(epochs: int = 10) -> dict:
+    """Streams the folder and TFRecord pipelines (shuffle budget 16 MB, below the data); RSS after each epoch."""
+    os.environ["ENGINE_SHUFFLE_BUDGET_MB"] = "16"
+    from datasets import pipeline, sources, tfrecord
+
+    result = {"variant": "stream_rss"}
+    for name in ("folder", "tfrecord"):
+        if name == "folder":
+            split = sources.folder_source(FLAGS.data, val_fraction=0.01, seed=0).splits["train"]
+        else:
+            split = tfrecord.tfrecord_source(FLAGS.data + "-tfrecord").splits["train"]
+            result["data_mb"] = sum(os.path.getsize(f) for f in split.files) / (1 << 20)
+        config = pipeline.PipelineConfig(image_size=FLAGS.image_size, global_batch_size=FLAGS.batch_size,
+                                         training=True, crop_scale=(0.08, 1.0))
+        iterator = iter(pipeline.build_dataset(split, config))
+        resident = []
+        for _ in range(epochs):
+            for _ in range(len(split) // FLAGS.batch_size):
+                next(iterator)
+            resident.append(_resident_mb())
+        result[name] = resident
+    return result
+
+
 def run_variant(variant: str) -> dict:
     """Times `variant` in this process; returns images/s (median), all runs and peak RSS."""
     iterator = _iterator(variant)
@@ -188,10 +219,11 @@ def main(argv: list[str]) -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, before TF starts threads
     quiet.import_tensorflow_quietly()
     if FLAGS.only:
-        print("RESULT " + json.dumps(run_variant(FLAGS.only)), flush=True)
+        result = stream_rss() if FLAGS.only == "stream_rss" else run_variant(FLAGS.only)
+        print("RESULT " + json.dumps(result), flush=True)
         return
     generate(FLAGS.data, FLAGS.num_images)
-    results = {}
+    results, stream = {}, None
     for variant in FLAGS.variants:
         args = [sys.executable, os.path.abspath(__file__), f"--only={variant}", f"--data={FLAGS.data}",
                 f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}",
@@ -200,6 +232,9 @@ def main(argv: list[str]) -> None:
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             print(f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
+            continue
+        if variant == "stream_rss":
+            stream = json.loads(line[len("RESULT "):])
             continue
         results[variant] = json.loads(line[len("RESULT "):])
         if variant.startswith("ceiling"):
@@ -217,6 +252,11 @@ def main(argv: list[str]) -> None:
         ratios = " ".join(f"{rate / peer:15.2f}" for peer in peers.values())
         print(f"{name:14s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
               f"{result['peak_rss_mb']:12.0f} {result['rss_growth_while_timed_mb']:14.1f}")
+    if "stream_rss" in FLAGS.variants and stream:
+        print(f"\nresident MB after each of 10 epochs, shuffle budget 16 MB, data {stream['data_mb']:.0f} MB:")
+        for name in ("folder", "tfrecord"):
+            print(f"  {name:9s} " + ", ".join(f"{mb:.0f}" for mb in stream[name]))
+        results["stream_rss"] = stream
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(results, f, indent=2)

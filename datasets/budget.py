@@ -14,7 +14,10 @@ def physical_memory_bytes() -> int:
 
 
 def shuffle_budget_bytes() -> int:
-    """What one input pipeline's shuffle buffer may hold: a sixteenth of physical memory."""
+    """What one input pipeline's shuffle buffer may hold: $ENGINE_SHUFFLE_BUDGET_MB if set, else a sixteenth
+    of physical memory."""
+    if os.environ.get("ENGINE_SHUFFLE_BUDGET_MB"):
+        return int(float(os.environ["ENGINE_SHUFFLE_BUDGET_MB"]) * (1 << 20))
     return physical_memory_bytes() // 16
 
 
