@@ -10,6 +10,7 @@ import sys
 
 from absl import app, flags
 
+from datasets import budget
 from engine import quiet
 from engine.config import Config
 
@@ -81,6 +82,7 @@ def main(argv: list[str]) -> int:
     """Runs the configured mode; returns 2 with a one-line message on bad flags or data."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    budget.limit_malloc_arenas()  # before TensorFlow starts threads: keeps streaming memory flat
     quiet.import_tensorflow_quietly()
     from datasets.sources import DataError  # these import TensorFlow: after the quiet import above
     from engine import train

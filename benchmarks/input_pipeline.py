@@ -215,6 +215,10 @@ def run_variant(variant: str) -> dict:
 def main(argv: list[str]) -> None:
     """Runs each variant in a subprocess and prints the table of rates, ratios and peak RSS."""
     del argv
+    if FLAGS.only in ("folder", "folder_mild", "tfrecord", "cache", "stream_rss"):
+        from datasets import budget
+
+        budget.limit_malloc_arenas()  # as launch.py does for this project's pipeline
     if FLAGS.only == "ceiling" and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, before TF starts threads
     quiet.import_tensorflow_quietly()
