@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine import quiet  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "/tmp/tfdata-engine-bench/jpegs", "Where the generated JPEG folder is kept.")
+flags.DEFINE_string("data", "/tmp/tfdata-engine-bench/scenes", "Where the generated JPEG folder is kept.")
 flags.DEFINE_integer("num_images", 2000, "Images to generate.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Output size.")
@@ -58,21 +58,22 @@ SLOW = {"imagedatagen", "pydataset"}
 
 
 def generate(directory: str, count: int) -> None:
-    """Writes `count` smooth random-texture JPEGs of 360-440 px, quality 90, in 10 class folders (once)."""
+    """Writes `count` JPEGs of 360-440 px, quality 90, in 10 class folders (once): the shapes generator's
+    textured, noisy scenes (sensor-like noise and edges, so they decode like photos, not like smooth blobs)."""
     import numpy as np
     import tensorflow as tf
+
+    from datasets import shapes_draw
 
     if os.path.exists(os.path.join(directory, "done")):
         return
     rng = np.random.default_rng(0)
     for i in range(count):
-        size = rng.integers(360, 441, size=2)
-        coarse = tf.constant(rng.uniform(0, 255, (12, 12, 3)), tf.float32)
-        image = tf.image.resize(coarse, size, method="bicubic") + rng.normal(0, 12, (*size, 3))
+        height, width = rng.integers(360, 441, size=2)
+        image, _, _ = shapes_draw.make_example(rng, 440)
         folder = os.path.join(directory, f"class_{i % 10}")
         os.makedirs(folder, exist_ok=True)
-        tf.io.write_file(os.path.join(folder, f"{i:05d}.jpg"),
-                         tf.io.encode_jpeg(tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8), quality=90))
+        tf.io.write_file(os.path.join(folder, f"{i:05d}.jpg"), tf.io.encode_jpeg(image[:height, :width], quality=90))
     open(os.path.join(directory, "done"), "w").close()
 
 
