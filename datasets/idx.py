@@ -14,8 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.budget import shuffle_buffer_size
-from datasets.sources import DataError, Source
+from datasets.sources import DataError, Source, shuffle_share
 
 IDX_DTYPES = {0x08: np.uint8}
 PREFIXES = {"train": "train", "val": "t10k"}
@@ -64,9 +63,7 @@ class ArraySplit:
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
-            share = -(-len(self) // context.num_input_pipelines)
-            ds = ds.shuffle(shuffle_buffer_size(share, self.images[0].nbytes), seed=seed + context.input_pipeline_id,
-                            reshuffle_each_iteration=True)
+            ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed)
         return ds
 
 

@@ -19,8 +19,8 @@ from typing import Callable
 import tensorflow as tf
 
 from datasets import decode, validate
-from datasets.budget import physical_memory_bytes, shuffle_buffer_size
-from datasets.sources import Split
+from datasets.budget import physical_memory_bytes
+from datasets.sources import Split, shuffle_share
 
 CACHE_CHOICES = "none | memory | disk:PATH"
 
@@ -38,7 +38,6 @@ class PipelineConfig:
     flip: bool = True
     cache: str = "none"  # CACHE_CHOICES
     cache_name: str = "train"  # distinguishes splits inside a disk cache directory
-    memory_budget_bytes: int | None = None  # for shuffle buffers; None: budget.shuffle_budget_bytes()
 
     @property
     def cache_size(self) -> int:
@@ -108,11 +107,11 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
     ds = split.records(context, config.seed, shuffle=config.training and not cached)
     checks = [validate.check_encoded] if "encoded" in ds.element_spec else []
     if config.training and cached:
-        ds = ds.map(_compose(*checks, decode.decode_resize(config.cache_size)), num_parallel_calls=parallel)
-        ds = _cache(ds.map(_keep("image", "label")), config, context)
-        shard = -(-len(split) // context.num_input_pipelines)
-        buffer = shuffle_buffer_size(shard, config.cache_size ** 2 * 3, config.memory_budget_bytes)
-        ds = _seeded(ds.shuffle(buffer, seed=config.seed, reshuffle_each_iteration=True).repeat(), config, context)
+        ds = ds.map(_compose(*checks, decode.decode_resize(config.cache_size), _keep("image", "label")),
+                    num_parallel_calls=parallel)
+        ds = _cache(ds, config, context)
+        ds = shuffle_share(ds, len(split), config.cache_size ** 2 * 3, context, config.seed)
+        ds = _seeded(ds.repeat(), config, context)
         augment = [decode.random_crop(config.image_size)]
     elif config.training:
         ds = _seeded(ds.repeat(), config, context)

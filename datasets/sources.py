@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import shapes
+from datasets.budget import shuffle_buffer_size
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as keras.utils.image_dataset_from_directory
 SPLIT_DIRECTORY_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "valid", "test")}
@@ -27,6 +28,15 @@ def shard_warning(num_items: int, what: str, pipelines: int) -> None:
     """Logs that there are too few files to shard by file, so every pipeline reads all and keeps its share."""
     logging.warning("%d %s for %d input pipelines: sharding by example (every pipeline reads every file); "
                     "write at least %d shards for file-level sharding", num_items, what, pipelines, pipelines)
+
+
+def shuffle_share(ds: tf.data.Dataset, num_examples: int, bytes_per_example: int,
+                  context: tf.distribute.InputContext, seed: int) -> tf.data.Dataset:
+    """Reshuffles this pipeline's share of `num_examples` every epoch, through a buffer holding the whole
+    share or as much of it as the memory budget allows (`budget.shuffle_buffer_size`)."""
+    share = -(-num_examples // context.num_input_pipelines)
+    return ds.shuffle(shuffle_buffer_size(share, bytes_per_example), seed=seed + context.input_pipeline_id,
+                      reshuffle_each_iteration=True)
 
 
 @dataclasses.dataclass

@@ -12,8 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from datasets.budget import shuffle_buffer_size
-from datasets.sources import DataError, Source, shard_warning
+from datasets.sources import DataError, Source, shard_warning, shuffle_share
 
 
 @dataclasses.dataclass
@@ -45,9 +44,7 @@ class TFDSSplit:
         if pipelines > 1 and not by_file:
             ds = ds.shard(pipelines, context.input_pipeline_id)
         if shuffle:
-            share = -(-self.num_examples // pipelines)
-            ds = ds.shuffle(shuffle_buffer_size(share, self.bytes_per_example), seed=seed + context.input_pipeline_id,
-                            reshuffle_each_iteration=True)
+            ds = shuffle_share(ds, self.num_examples, self.bytes_per_example, context, seed)
         return ds.map(lambda r: {"encoded": r["image"], "label": tf.cast(r["label"], tf.int32), "id": r["tfds_id"]})
 
 

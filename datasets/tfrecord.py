@@ -21,8 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.budget import shuffle_buffer_size
-from datasets.sources import DataError, Source, shard_warning
+from datasets.sources import DataError, Source, shard_warning, shuffle_share
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -64,9 +63,7 @@ class TFRecordSplit:
         if example_sharded:
             ds = ds.shard(pipelines, pipeline_id)
         if shuffle:
-            share = -(-len(self) // pipelines)
-            ds = ds.shuffle(shuffle_buffer_size(share, self.mean_record_bytes), seed=seed + pipeline_id,
-                            reshuffle_each_iteration=True)
+            ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed)
         return ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -132,12 +132,20 @@ class Job:
     config: Config
     strategy: tf.distribute.Strategy
     task: tasks.ClassificationTask
-    train_examples: Split
-    val_examples: Split
     plan: StepPlan
     is_chief: bool
     worker: int
     source: Source
+
+    @property
+    def train_split(self) -> Split:
+        """The training split of the source."""
+        return self.source.splits["train"]
+
+    @property
+    def val_split(self) -> Split:
+        """The validation split of the source."""
+        return self.source.splits["val"]
 
     @property
     def model_dir(self) -> str:
@@ -214,7 +222,7 @@ def prepare(config: Config) -> Job:
           f"{'on' if numerics.jit_compile else 'off'} | {plan.epochs} epochs x {plan.steps_per_epoch} steps | "
           f"{config.model_dir}", flush=True)
     print(f"[engine] {numerics.reason}", flush=True)
-    return Job(config, strategy, task, train_examples, val_examples, plan, is_chief, worker, source)
+    return Job(config, strategy, task, plan, is_chief, worker, source)
 
 
 def build_model(job: Job) -> keras.Model:
@@ -295,11 +303,11 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
     validate = config.mode == "train_and_eval"
     history_csv = os.path.join(job.model_dir, "history.csv")
     model.fit(
-        _distributed(job.strategy, job.train_examples, job.task, config, training=True),
+        _distributed(job.strategy, job.train_split, job.task, config, training=True),
         epochs=job.plan.epochs, steps_per_epoch=job.plan.steps_per_epoch,
-        validation_data=_distributed(job.strategy, job.val_examples, job.task, config, training=False)
+        validation_data=_distributed(job.strategy, job.val_split, job.task, config, training=False)
         if validate else None,
-        validation_steps=pipeline.eval_steps(len(job.val_examples), config.batch_size) if validate else None,
+        validation_steps=pipeline.eval_steps(len(job.val_split), config.batch_size) if validate else None,
         callbacks=_callbacks(config, job.task, job.model_dir, job.is_chief, job.worker, throughput, validate),
         verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
     )
@@ -328,8 +336,8 @@ def evaluate(job: Job, model: keras.Model) -> dict:
         raise FlagError(f"--mode=eval: no checkpoint in --model_dir={job.model_dir} "
                         f"(looked for {', '.join(candidates)})")
     model.load_weights(weights)
-    val_data = _distributed(job.strategy, job.val_examples, job.task, job.config, training=False)
-    metrics = model.evaluate(val_data, steps=pipeline.eval_steps(len(job.val_examples), job.config.batch_size),
+    val_data = _distributed(job.strategy, job.val_split, job.task, job.config, training=False)
+    metrics = model.evaluate(val_data, steps=pipeline.eval_steps(len(job.val_split), job.config.batch_size),
                              verbose=job.config.verbose, return_dict=True)
     metrics = {f"val_{k}": float(v) for k, v in metrics.items()} | {"weights": weights}
     print("[engine] eval " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "weights"))
