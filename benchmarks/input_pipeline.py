@@ -1,16 +1,23 @@
 """Input pipeline throughput against what users do today, in one run, with ratios and peak RSS.
 
 Generates (once) a folder of JPEGs (about 400x400, quality 90, 10 classes), then measures batches of 64 at
-224x224 with random crop, horizontal flip and rescale to [0, 1]. Every variant runs in its own process, so
-its peak RSS is its own; each reports the median images/s of --repeats timed runs after a warm-up.
+224x224 with random crop, horizontal flip and rescale to [0, 1]. The variants run in --repeats interleaved
+rounds (so drift of the machine hits all of them alike); in each round every variant runs in a fresh process
+(so its peak RSS is its own) and times --batches batches after a warm-up. Reported: the median images/s over
+the rounds and the largest peak RSS.
 
+    pip install -e ".[bench]"   # scipy, which ImageDataGenerator's random shifts need
     python benchmarks/input_pipeline.py --num_images=2000 --repeats=3
 
 Variants:
-  ceiling         a per-image loop of decode_jpeg + resize (no crop) in a process pinned to one core, times
-                  the number of cores
-  ceiling_graph   the same loop as a sequential tf.data map on a 1-thread pool (no eager overhead), times
-                  the number of cores: a stricter ceiling
+  ceiling         a per-image loop of decode_jpeg + resize (no crop) in a process pinned to one core; one such
+                  process per core, all timed at once (after a barrier), their rates summed: the 1-core loop
+                  times the number of cores, under the same all-cores-busy conditions as every other variant
+  ceiling_alone   one such process with the other cores idle, its rate times the number of cores (an idle
+                  neighbour leaves it the shared cache, memory bandwidth and clock boost: measured 10-35%
+                  above `ceiling` here, varying from run to run)
+  ceiling_graph   the `ceiling` loop as a sequential tf.data map on a 1-thread pool (no eager overhead), one
+                  process per core at once: a stricter ceiling
   folder          this project's pipeline on the folder: Inception random-resized crop (area 8-100%) fused
                   with decoding (decode_and_crop_jpeg)
   folder_mild     the same with the engine's default crop area for small images (50-100%)
@@ -19,7 +26,11 @@ Variants:
   idfd            keras.utils.image_dataset_from_directory (at 256 px) + Keras 3 preprocessing layers
                   RandomCrop, RandomFlip, Rescaling in the map, as the Keras guides show
   idfd_tfimage    image_dataset_from_directory (at 256 px) + the same crop/flip/rescale as tf.image ops
-  imagedatagen    tf.keras ImageDataGenerator(rescale, horizontal_flip).flow_from_directory at 224 px
+  imagedatagen    tf.keras ImageDataGenerator(rescale, horizontal_flip, width_shift_range=16,
+                  height_shift_range=16).flow_from_directory at 224 px: a random shift of up to 16 px is
+                  ImageDataGenerator's way to take a random 224 crop (it has no crop option)
+  imagedatagen_nocrop  the same without the shifts (flip and rescale only): not the benchmark's task, shown
+                  to separate ImageDataGenerator's loading from its augmentation
   pydataset       a keras.utils.PyDataset reading, cropping and flipping with PIL
   stream_rss      `folder`, and `tfrecord` with a 16 MB shuffle budget (smaller than the data), each streamed
                   for 10 epochs: resident memory after each epoch
@@ -27,12 +38,14 @@ Variants:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -46,15 +59,17 @@ flags.DEFINE_string("data", "/tmp/tfdata-engine-bench/scenes", "Where the genera
 flags.DEFINE_integer("num_images", 2000, "Images to generate.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Output size.")
-flags.DEFINE_integer("repeats", 3, "Timed repetitions per variant (the median is reported).")
-flags.DEFINE_integer("batches", 20, "Batches per timed repetition (slow peers use a quarter).")
-flags.DEFINE_list("variants", ["ceiling", "ceiling_graph", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
-                                "imagedatagen", "pydataset", "stream_rss"],
+flags.DEFINE_integer("repeats", 3, "Interleaved rounds; each times every variant once (the median is reported).")
+flags.DEFINE_integer("batches", 40, "Batches per timed repetition (slow peers use a quarter).")
+flags.DEFINE_list("variants", ["ceiling", "ceiling_alone", "ceiling_graph", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
+                                "imagedatagen", "imagedatagen_nocrop", "pydataset", "stream_rss"],
                   "Variants to run.")
 flags.DEFINE_string("only", "", "Internal: run one variant in this process and print its JSON result.")
+flags.DEFINE_integer("core", -1, "Internal: pin this process to this core (the ceilings).")
+flags.DEFINE_string("barrier", "", "Internal: directory where concurrent ceiling processes meet before timing.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 
-SLOW = {"imagedatagen", "pydataset"}
+SLOW = {"imagedatagen", "imagedatagen_nocrop", "pydataset"}
 
 
 def generate(directory: str, count: int) -> None:
@@ -108,7 +123,7 @@ def _iterator(variant: str):
         if variant == "cache":  # fill the cache: one full epoch before timing
             ds = ds.skip(len(split) // batch)
         return iter(ds)
-    if variant == "ceiling":
+    if variant in ("ceiling", "ceiling_alone"):
         def loop():
             paths = folder.splits["train"].paths
             for start in range(0, 10**9, batch):
@@ -134,10 +149,11 @@ def _iterator(variant: str):
                                     keras.layers.Rescaling(1 / 255.0)])
         ds = ds.batch(batch).map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
         return iter(ds.prefetch(tf.data.AUTOTUNE))
-    if variant == "imagedatagen":
+    if variant in ("imagedatagen", "imagedatagen_nocrop"):
         ImageDataGenerator = tf.keras.preprocessing.image.ImageDataGenerator  # noqa: N806 (a class)
 
-        generator = ImageDataGenerator(rescale=1 / 255.0, horizontal_flip=True)
+        shift = {} if variant == "imagedatagen_nocrop" else {"width_shift_range": 16, "height_shift_range": 16}
+        generator = ImageDataGenerator(rescale=1 / 255.0, horizontal_flip=True, **shift)
         return generator.flow_from_directory(FLAGS.data, target_size=(size, size), batch_size=batch, seed=0)
     if variant == "pydataset":
         import keras
@@ -196,72 +212,109 @@ def stream_rss(epochs: int = 10) -> dict:
 
 
 def run_variant(variant: str) -> dict:
-    """Times `variant` in this process; returns images/s (median), all runs and peak RSS."""
+    """Times --batches batches of `variant` in this process after a warm-up; returns images/s and peak RSS."""
     iterator = _iterator(variant)
     batches = max(2, FLAGS.batches // 4) if variant in SLOW else FLAGS.batches
     for _ in range(3):
         next(iterator)  # warm-up: tracing, thread pools, file cache
+    if FLAGS.barrier:  # concurrent ceilings: start timing together
+        open(os.path.join(FLAGS.barrier, f"ready-{FLAGS.core}"), "w").close()
+        while len(os.listdir(FLAGS.barrier)) < (os.cpu_count() or 1):
+            time.sleep(0.01)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rates = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-        rates.append(batches * FLAGS.batch_size / (time.perf_counter() - start))
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    rate = batches * FLAGS.batch_size / (time.perf_counter() - start)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"variant": variant, "images_per_second": statistics.median(rates), "runs": rates,
-            "peak_rss_mb": rss_after / 1024, "rss_growth_while_timed_mb": (rss_after - rss_before) / 1024}
+    return {"variant": variant, "images_per_second": rate, "peak_rss_mb": rss_after / 1024,
+            "rss_growth_while_timed_mb": (rss_after - rss_before) / 1024}
+
+
+CONCURRENT = {"ceiling", "ceiling_graph"}  # one pinned process per core, timed at once, rates summed
+
+
+def _in_subprocess(variant: str) -> dict | None:
+    """Runs `variant` in fresh processes (one per core for CONCURRENT, pinned); its result, or None (with the
+    error printed) if it failed."""
+    args = [sys.executable, os.path.abspath(__file__), f"--only={variant}", f"--data={FLAGS.data}",
+            f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}", f"--batches={FLAGS.batches}"]
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+    with tempfile.TemporaryDirectory() as barrier:
+        if variant in CONCURRENT:
+            commands = [args + [f"--core={core}", f"--barrier={barrier}"] for core in cores]
+        else:
+            commands = [args + ([f"--core={cores[0]}"] if variant == "ceiling_alone" else [])]
+        processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
+        outputs = [p.communicate() for p in processes]
+    results = []
+    for stdout, stderr in outputs:
+        line = next((l for l in stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            print(f"{variant}: failed\n{stderr[-2000:]}", flush=True)
+            return None
+        results.append(json.loads(line[len("RESULT "):]))
+    if variant == "ceiling_alone":
+        results[0]["images_per_second"] *= len(cores)
+    return {**results[0], "images_per_second": sum(r["images_per_second"] for r in results)} if len(results) > 1 \
+        else results[0]
+
+
+def _summarise(runs: list[dict]) -> dict:
+    """Median images/s over the rounds, largest peak RSS."""
+    rates = [run["images_per_second"] for run in runs]
+    return {"images_per_second": statistics.median(rates), "runs": rates,
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
+            "rss_growth_while_timed_mb": max(run["rss_growth_while_timed_mb"] for run in runs)}
 
 
 def main(argv: list[str]) -> None:
-    """Runs each variant in a subprocess and prints the table of rates, ratios and peak RSS."""
+    """Runs every variant in a fresh process per round and prints the table of rates, ratios and peak RSS."""
     del argv
     if FLAGS.only in ("folder", "folder_mild", "tfrecord", "cache", "stream_rss"):
         from datasets import budget
 
         budget.limit_malloc_arenas()  # as launch.py does for this project's pipeline
-    if FLAGS.only == "ceiling" and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, before TF starts threads
+    if FLAGS.core >= 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {FLAGS.core})  # before TF starts its threads
     quiet.import_tensorflow_quietly()
     if FLAGS.only:
         result = stream_rss() if FLAGS.only == "stream_rss" else run_variant(FLAGS.only)
         print("RESULT " + json.dumps(result), flush=True)
         return
+    if any(v.startswith("imagedatagen") for v in FLAGS.variants):
+        if importlib.util.find_spec("scipy") is None:  # ImageDataGenerator's random shifts need it
+            sys.exit('ImageDataGenerator needs scipy: pip install -e ".[bench]" (or drop it from --variants)')
     generate(FLAGS.data, FLAGS.num_images)
-    results, stream = {}, None
-    for variant in FLAGS.variants:
-        args = [sys.executable, os.path.abspath(__file__), f"--only={variant}", f"--data={FLAGS.data}",
-                f"--batch_size={FLAGS.batch_size}", f"--image_size={FLAGS.image_size}",
-                f"--repeats={FLAGS.repeats}", f"--batches={FLAGS.batches}"]
-        out = subprocess.run(args, capture_output=True, text=True)
-        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{variant}: failed\n{out.stderr[-2000:]}", flush=True)
-            continue
-        if variant == "stream_rss":
-            stream = json.loads(line[len("RESULT "):])
-            continue
-        results[variant] = json.loads(line[len("RESULT "):])
-        if variant.startswith("ceiling"):
-            results[variant]["images_per_second"] *= os.cpu_count() or 1
-        print(f"  measured {variant}: {results[variant]['images_per_second']:.0f} img/s", flush=True)
+    timed = [v for v in FLAGS.variants if v != "stream_rss"]
+    runs: dict[str, list[dict]] = {v: [] for v in timed}
+    for round_index in range(FLAGS.repeats):
+        for variant in timed:
+            result = _in_subprocess(variant)
+            if result is not None:
+                runs[variant].append(result)
+                print(f"  round {round_index + 1}/{FLAGS.repeats} {variant}: "
+                      f"{result['images_per_second']:.0f} img/s", flush=True)
+    results = {v: _summarise(r) for v, r in runs.items() if r}
     ceiling = results.get("ceiling", {}).get("images_per_second")
     peers = {k: results[k]["images_per_second"] for k in ("idfd", "idfd_tfimage", "imagedatagen", "pydataset")
              if k in results}
     print(f"\n{os.cpu_count()} cores, {FLAGS.num_images} JPEGs ~400x400 q90 -> batches of {FLAGS.batch_size} at "
-          f"{FLAGS.image_size}px, crop+flip+rescale; median of {FLAGS.repeats}")
-    header = f"{'variant':14s} {'img/s':>8s} {'x ceiling':>10s} " + " ".join(f"{'x ' + k:>15s}" for k in peers)
+          f"{FLAGS.image_size}px, crop+flip+rescale; median of {FLAGS.repeats} interleaved rounds")
+    header = f"{'variant':20s} {'img/s':>8s} {'x ceiling':>10s} " + " ".join(f"{'x ' + k:>15s}" for k in peers)
     print(header + f" {'peak RSS MB':>12s} {'RSS growth MB':>14s}")
     for name, result in results.items():
         rate = result["images_per_second"]
         ratios = " ".join(f"{rate / peer:15.2f}" for peer in peers.values())
-        print(f"{name:14s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
+        print(f"{name:20s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
               f"{result['peak_rss_mb']:12.0f} {result['rss_growth_while_timed_mb']:14.1f}")
-    if "stream_rss" in FLAGS.variants and stream:
-        print(f"\nresident MB after each of 10 epochs, shuffle budget 16 MB, data {stream['data_mb']:.0f} MB:")
-        for name in ("folder", "tfrecord"):
-            print(f"  {name:9s} " + ", ".join(f"{mb:.0f}" for mb in stream[name]))
-        results["stream_rss"] = stream
+    if "stream_rss" in FLAGS.variants:
+        stream = _in_subprocess("stream_rss")
+        if stream:
+            print(f"\nresident MB after each of 10 epochs, shuffle budget 16 MB, data {stream['data_mb']:.0f} MB:")
+            for name in ("folder", "tfrecord"):
+                print(f"  {name:9s} " + ", ".join(f"{mb:.0f}" for mb in stream[name]))
+            results["stream_rss"] = stream
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(results, f, indent=2)

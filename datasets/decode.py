@@ -38,8 +38,9 @@ def _without_encoded(example: dict, image: tf.Tensor) -> dict:
 
 
 def _to_uint8_size(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Bilinear resize of uint8 pixels, rounded back to uint8 (bilinear stays within [0, 255]: no clip)."""
     resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=False)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    return tf.cast(resized + 0.5, tf.uint8)
 
 
 def _random_crop_window(image_shape: tf.Tensor, scale: tuple[float, float], seed: tf.Tensor) -> tf.Tensor:
