@@ -59,9 +59,10 @@ flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
                      "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
 flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
                     "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
-flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert", "inspect"],
+flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert", "inspect", "preview"],
                   "What to do. convert writes --dataset as TFRecord shards to --output; inspect reports on the "
-                  "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json.")
+                  "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json; preview draws "
+                  "--preview_batches augmented training batches into --model_dir/preview.")
 flags.DEFINE_string("output", DEFAULTS.output, "Output directory of --mode=convert.")
 flags.DEFINE_integer("num_shards", DEFAULTS.num_shards, "TFRecord shards per split for --mode=convert.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed for weights, data order and augmentation.")
@@ -70,6 +71,29 @@ flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
 flags.DEFINE_bool("skip_bad_files", DEFAULTS.skip_bad_files,
                   "Scan image files first and leave out (count and log) the ones that do not decode, instead of "
                   "stopping at the first.")
+flags.DEFINE_bool("flip", DEFAULTS.flip, "Random left-right flips in training.")
+flags.DEFINE_float("color_jitter", DEFAULTS.color_jitter,
+                   "Brightness, contrast and saturation jitter: factors in [1 - x, 1 + x]; 0 off. Default: the "
+                   "task's for the model size (engine/tasks.py).")
+flags.DEFINE_float("hue", DEFAULTS.hue, "Hue jitter, a fraction of the colour circle; 0 off. Default: the task's.")
+flags.DEFINE_integer("randaugment_ops", DEFAULTS.randaugment_ops,
+                     "RandAugment operations per image (classification); 0 off. Default: 2 for large models.")
+flags.DEFINE_float("randaugment_magnitude", DEFAULTS.randaugment_magnitude, "RandAugment magnitude, 0-10.")
+flags.DEFINE_float("mixup", DEFAULTS.mixup,
+                   "MixUp Beta(alpha, alpha) for classification; 0 off. Default: 0.2 for large models.")
+flags.DEFINE_float("cutmix", DEFAULTS.cutmix,
+                   "CutMix Beta(alpha, alpha) for classification; 0 off. Default: 1.0 for large models.")
+flags.DEFINE_float("label_smoothing", DEFAULTS.label_smoothing,
+                   "Label smoothing of the classification loss. Default: 0.1 for large models, else 0.")
+flags.DEFINE_float("min_scale", DEFAULTS.min_scale, "Smallest random zoom (segmentation, detection).")
+flags.DEFINE_float("max_scale", DEFAULTS.max_scale, "Largest random zoom (segmentation, detection).")
+flags.DEFINE_float("mosaic", DEFAULTS.mosaic, "Probability of a 4-image Mosaic per example (detection).")
+flags.DEFINE_float("box_mixup", DEFAULTS.box_mixup, "Probability of MixUp per example (detection).")
+flags.DEFINE_integer("max_boxes", DEFAULTS.max_boxes, "Boxes per image, padded (detection).")
+flags.DEFINE_integer("ignore_value", DEFAULTS.ignore_value,
+                     "Mask value of pixels without a label, padding included (segmentation).")
+flags.DEFINE_integer("preview_batches", DEFAULTS.preview_batches,
+                     "Augmented training batches drawn to --model_dir/preview at the start of training (0: none).")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
 
 

@@ -105,6 +105,7 @@ def _iterator(variant: str):
     import tensorflow as tf
 
     from datasets import pipeline, sources, tfrecord
+    from datasets.augment import Augment
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
     folder = sources.folder_source(FLAGS.data, val_fraction=0.01, seed=0)
@@ -117,7 +118,8 @@ def _iterator(variant: str):
                 tfrecord.convert(folder, shards, num_shards=16)
             split = tfrecord.tfrecord_source(shards).splits["train"]
         config = pipeline.PipelineConfig(image_size=size, global_batch_size=batch, training=True,
-                                         crop_scale=(0.5, 1.0) if variant == "folder_mild" else (0.08, 1.0),
+                                         augment=Augment(crop_scale=(0.5, 1.0) if variant == "folder_mild"
+                                                         else (0.08, 1.0)),
                                          cache="memory" if variant == "cache" else "none")
         ds = pipeline.build_dataset(split, config).map(rescale)
         if variant == "cache":  # fill the cache: one full epoch before timing
@@ -191,6 +193,7 @@ def stream_rss(epochs: int = 10) -> dict:
     """Streams the folder and TFRecord pipelines (shuffle budget 16 MB, below the data); RSS after each epoch."""
     os.environ["ENGINE_SHUFFLE_BUDGET_MB"] = "16"
     from datasets import pipeline, sources, tfrecord
+    from datasets.augment import Augment
 
     result = {"variant": "stream_rss"}
     for name in ("folder", "tfrecord"):
@@ -200,7 +203,7 @@ def stream_rss(epochs: int = 10) -> dict:
             split = tfrecord.tfrecord_source(FLAGS.data + "-tfrecord").splits["train"]
             result["data_mb"] = sum(os.path.getsize(f) for f in split.files) / (1 << 20)
         config = pipeline.PipelineConfig(image_size=FLAGS.image_size, global_batch_size=FLAGS.batch_size,
-                                         training=True, crop_scale=(0.08, 1.0))
+                                         training=True, augment=Augment(crop_scale=(0.08, 1.0)))
         iterator = iter(pipeline.build_dataset(split, config))
         resident = []
         for _ in range(epochs):

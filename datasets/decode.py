@@ -67,6 +67,20 @@ def decode_resize(image_size: int) -> ExampleFn:
     return apply
 
 
+def decode_full(example: dict) -> dict:
+    """Decodes "encoded" into "image" at its own size, and "mask_encoded" (a class-index PNG), if present,
+    into "mask" [h, w, 1]; a mask whose size differs from its image's stops the run naming the image."""
+    image = _pixels(example)
+    out = {k: v for k, v in _without_encoded(example, image).items() if k not in ("mask_encoded", "mask_id")}
+    if "mask_encoded" in example:
+        mask = tf.io.decode_png(example["mask_encoded"], channels=1)
+        same = tf.reduce_all(tf.equal(tf.shape(mask)[:2], tf.shape(image)[:2]))
+        check = tf.debugging.Assert(same, ["mask size differs from its image:", example["id"]])
+        with tf.control_dependencies([check]):
+            out["mask"] = tf.identity(mask)
+    return out
+
+
 def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn:
     """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG) into "image".
 

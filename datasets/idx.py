@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources import DataError, Source, shuffle_share
+from datasets.sources import DataError, Source, Targets, shuffle_share
 
 IDX_DTYPES = {0x08: np.uint8}
 PREFIXES = {"train": "train", "val": "t10k"}
@@ -54,8 +54,10 @@ class ArraySplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset:
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's share (every n-th example), reshuffled every epoch when training."""
+        targets.require_none("IDX data")
         ds = tf.data.Dataset.from_tensor_slices({
             "image": self.images, "label": self.labels.astype(np.int32),
             "id": np.char.add(f"{self.name}[", np.char.add(np.arange(len(self)).astype(str), "]")),

@@ -1,4 +1,4 @@
-"""The streaming tf.data pipeline: records -> decode -> [cache] -> augment -> batch -> prefetch.
+"""The streaming tf.data pipeline: records -> decode -> [cache] -> augment -> batch -> batch augment -> prefetch.
 
 `make_input_fn` returns a function of a `tf.distribute.InputContext`, the form
 `strategy.distribute_datasets_from_function` takes: each input pipeline reads its own shard of the data and
@@ -7,7 +7,9 @@ batches the per-replica batch size. Every source (`datasets/sources.py`) enters 
 `--cache` keeps decoded images, resized to `cache_size` (8/7 of the training size), before any random
 augmentation: training then takes plain random crops of the training size from the cached pixels (the classic
 "resize 256, crop 224" recipe, no resize per step), so every epoch still sees new crops. Without a cache,
-training uses random-resized crops (`crop_scale`) fused with JPEG decoding.
+training uses random-resized crops (`Augment.crop_scale`) fused with JPEG decoding. Segmentation and
+detection data are letterboxed to the image size per example (and cached there, if asked) and augmented per
+batch (`datasets/augment.py`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from typing import Callable
 
 import tensorflow as tf
 
-from datasets import decode, validate
+from datasets import augment as augmentation
+from datasets import decode, spatial, validate
 from datasets.budget import physical_memory_bytes
-from datasets.sources import Split, shuffle_share
+from datasets.sources import Split, Targets, shuffle_share
 
 CACHE_CHOICES = "none | memory | disk:PATH"
 
@@ -34,15 +37,28 @@ class PipelineConfig:
     training: bool
     seed: int = 0
     deterministic: bool = False
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range
-    flip: bool = True
+    kind: str = "classification"  # which labels: one of augment.KINDS
+    augment: augmentation.Augment = augmentation.Augment()  # training only
+    ignore_value: int = 255  # segmentation: mask value of unlabelled pixels (padding included)
+    max_boxes: int = 100  # detection: boxes per image, padded
     cache: str = "none"  # CACHE_CHOICES
     cache_name: str = "train"  # distinguishes splits inside a disk cache directory
 
     @property
     def cache_size(self) -> int:
-        """Side of cached training images: crops are taken from a 8/7 larger image (256 for 224)."""
-        return round(self.image_size * 8 / 7) if self.training else self.image_size
+        """Side of cached training images: classification crops come from a 8/7 larger image (256 for 224)."""
+        return round(self.image_size * 8 / 7) if self.training and self.kind == "classification" else self.image_size
+
+    @property
+    def targets(self) -> Targets:
+        """What the records must carry for `kind`."""
+        return Targets(masks=self.kind == "segmentation", max_boxes=self.max_boxes if self.kind == "detection" else 0)
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        """The keys of every batch (evaluation adds "weight")."""
+        return {"classification": ("image", "label"), "segmentation": ("image", "mask"),
+                "detection": ("image", "boxes", "classes")}[self.kind]
 
 
 def dataset_options(deterministic: bool) -> tf.data.Options:
@@ -91,7 +107,8 @@ def _compose(*steps: Callable[[dict], dict]) -> Callable[[dict], dict]:
 
 def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
                   to_model_io: Callable[[dict], tuple] | None = None) -> tf.data.Dataset:
-    """Batches of {"image": uint8 [b, s, s, 3], "label": int32 [b]} (and "weight" in evaluation).
+    """Batches of `config.output_keys`: "image" uint8 [b, s, s, 3] and "label" int32 [b] (float32 [b, classes]
+    with MixUp/CutMix), or "mask" uint8 [b, s, s, 1], or "boxes" float32 [b, max_boxes, 4] and "classes".
 
     Training repeats forever and drops the last partial batch. Evaluation adds "weight" (1 for real examples)
     and pads with zero-weight examples so that every input pipeline yields the same number of full batches,
@@ -101,31 +118,39 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
     """
     context = context or tf.distribute.InputContext()
     validate_cache(config.cache)
+    if config.kind not in augmentation.KINDS:
+        raise ValueError(f"kind {config.kind} is not one of {augmentation.KINDS}")
     batch_size = context.get_per_replica_batch_size(config.global_batch_size)
     cached = config.cache != "none"
     parallel = tf.data.AUTOTUNE
-    ds = split.records(context, config.seed, shuffle=config.training and not cached)
+    augment = config.augment
+    ds = split.records(context, config.seed, shuffle=config.training and not cached, targets=config.targets)
     checks = [validate.check_encoded] if "encoded" in ds.element_spec else []
-    if config.training and cached:
-        ds = ds.map(_compose(*checks, decode.decode_resize(config.cache_size), _keep("image", "label")),
-                    num_parallel_calls=parallel)
-        ds = _cache(ds, config, context)
-        ds = shuffle_share(ds, len(split), config.cache_size ** 2 * 3, context, config.seed)
-        ds = _seeded(ds.repeat(), config, context)
-        augment = [decode.random_crop(config.image_size)]
-    elif config.training:
-        ds = _seeded(ds.repeat(), config, context)
-        augment = [*checks, decode.decode_random_crop(config.image_size, config.crop_scale)]
+    keep = _keep(*config.output_keys)
+    if config.kind == "classification":
+        if config.training and not cached:  # random-resized crop fused with decoding
+            fixed, random = [], [*checks, decode.decode_random_crop(config.image_size, augment.crop_scale)]
+        else:  # the deterministic part (cacheable), then plain random crops of the cached size
+            fixed = [*checks, decode.decode_resize(config.cache_size)]
+            random = [decode.random_crop(config.image_size)] if config.training else []
+        random += augmentation.classification_example_steps(augment) if config.training else []
     else:
-        ds = ds.map(_compose(*checks, decode.decode_resize(config.image_size), _keep("image", "label")),
-                    num_parallel_calls=parallel)
+        fixed = [*checks, decode.decode_full, spatial.letterbox(config.image_size, config.ignore_value)]
+        random = []
+    if fixed:
+        ds = ds.map(_compose(*fixed, keep), num_parallel_calls=parallel)
         ds = _cache(ds, config, context) if cached else ds
-        ds = _pad_to_full_batches(ds, len(split), config, context).repeat()
-        augment = []
     if config.training:
-        augment += [decode.random_flip] if config.flip else []
-        ds = ds.map(_compose(*augment, _keep("image", "label")), num_parallel_calls=parallel)
-    ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
+        if cached:
+            ds = shuffle_share(ds, len(split), config.cache_size ** 2 * 3, context, config.seed)
+        ds = _seeded(ds.repeat(), config, context)
+        ds = ds.map(_compose(*random, _keep(*config.output_keys, "seed")), num_parallel_calls=parallel)
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
+        ds = ds.map(augmentation.batch_step(config.kind, augment, config.image_size, config.ignore_value,
+                                            config.max_boxes), num_parallel_calls=parallel)
+    else:
+        ds = _pad_to_full_batches(ds, len(split), config, context).repeat()
+        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
     if to_model_io is not None:
         ds = ds.map(to_model_io)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options(config.deterministic))
@@ -146,11 +171,12 @@ def _pad_to_full_batches(ds: tf.data.Dataset, num_examples: int, config: Pipelin
     pipelines, pipeline_id = context.num_input_pipelines, context.input_pipeline_id
     padded_total = eval_steps(num_examples, config.global_batch_size) * config.global_batch_size
     shard_size = len(range(pipeline_id, num_examples, pipelines))
-    pad = {
-        "image": tf.zeros([config.image_size, config.image_size, 3], tf.uint8),
-        "label": tf.constant(0, tf.int32),
-        "weight": tf.constant(0.0, tf.float32),
-    }
+    pad = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in ds.element_spec.items()}
+    if "classes" in pad:
+        pad["classes"] -= 1  # no boxes
+    if "mask" in pad:
+        pad["mask"] += config.ignore_value
+    pad["weight"] = tf.constant(0.0, tf.float32)
     ds = ds.map(lambda example: {**example, "weight": tf.constant(1.0, tf.float32)})
     return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padded_total // pipelines - shard_size))
 

@@ -2,7 +2,9 @@
 
 A source has splits. Every split knows its size and yields, for one input pipeline, one epoch of records:
 dicts with "encoded" (image file bytes) or "image" (uint8 pixels), "label" (int32) and "id" (a string that
-names the example in errors: its path, or its file and index). The streaming pipeline
+names the example in errors: its path, or its file and index). Asked for more `Targets`, a split adds
+"mask_encoded" (a class-index PNG) and "boxes" (float32 [max_boxes, 4], x0 y0 x1 y1 pixels) with "classes"
+(int32 [max_boxes], -1 for padding). The streaming pipeline
 (`datasets/pipeline.py`) decodes, caches, augments and batches them, the same way for every source.
 """
 
@@ -39,6 +41,19 @@ def shuffle_share(ds: tf.data.Dataset, num_examples: int, bytes_per_example: int
                       reshuffle_each_iteration=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """What records carry besides the image and its label: masks, and boxes padded to `max_boxes`."""
+
+    masks: bool = False
+    max_boxes: int = 0  # 0: no boxes
+
+    def require_none(self, source: str) -> None:
+        """Raises DataError when masks or boxes are asked of a `source` that has none."""
+        if self.masks or self.max_boxes:
+            raise DataError(f"{source} has image-level labels only; masks and boxes come from shapes data")
+
+
 @dataclasses.dataclass
 class Examples:
     """One split of loose image files: parallel lists, one entry per image."""
@@ -52,18 +67,45 @@ class Examples:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset:
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's files: a seeded order shared by all pipelines, then a disjoint shard,
-        reshuffled every epoch (a full shuffle: the buffer holds only paths)."""
+        reshuffled every epoch (a full shuffle: the buffer holds only paths and labels)."""
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         table = {"id": np.asarray(self.paths, dtype=object)[order].astype(str),
                  "label": np.asarray(self.labels, dtype=np.int32)[order]}
+        if targets.masks:
+            if self.mask_paths is None:
+                raise DataError(f"no masks for the images of {os.path.dirname(self.paths[0])}")
+            table["mask_id"] = np.asarray(self.mask_paths, dtype=object)[order].astype(str)
+        if targets.max_boxes:
+            boxes, classes = self.padded_boxes(targets.max_boxes)
+            table["boxes"], table["classes"] = boxes[order], classes[order]
         ds = tf.data.Dataset.from_tensor_slices(table)
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed + context.input_pipeline_id, reshuffle_each_iteration=True)
-        return ds.map(lambda r: {**r, "encoded": tf.io.read_file(r["id"])}, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(_read_files, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def padded_boxes(self, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes [N, max_boxes, 4] and classes [N, max_boxes] (-1 for padding) of every image."""
+        if self.boxes is None or self.box_classes is None:
+            raise DataError(f"no boxes for the images of {os.path.dirname(self.paths[0])}")
+        boxes = np.zeros((len(self), max_boxes, 4), np.float32)
+        classes = np.full((len(self), max_boxes), -1, np.int32)
+        for i, (image_boxes, image_classes) in enumerate(zip(self.boxes, self.box_classes)):
+            if len(image_classes) > max_boxes:
+                raise DataError(f"{self.paths[i]} has {len(image_classes)} boxes, more than --max_boxes={max_boxes}")
+            boxes[i, :len(image_classes)], classes[i, :len(image_classes)] = image_boxes, image_classes
+        return boxes, classes
+
+
+def _read_files(record: dict) -> dict:
+    read = {"encoded": tf.io.read_file(record["id"])}
+    if "mask_id" in record:
+        read["mask_encoded"] = tf.io.read_file(record["mask_id"])
+    return {**record, **read}
 
 
 class Split(Protocol):
@@ -71,7 +113,8 @@ class Split(Protocol):
 
     def __len__(self) -> int: ...
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset: ...
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset: ...
 
 
 @dataclasses.dataclass

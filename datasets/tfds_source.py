@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from datasets.sources import DataError, Source, shard_warning, shuffle_share
+from datasets.sources import DataError, Source, Targets, shard_warning, shuffle_share
 
 
 @dataclasses.dataclass
@@ -28,9 +28,11 @@ class TFDSSplit:
     def __len__(self) -> int:
         return self.num_examples
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset:
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's share: TFDS file-level sharding when training over enough files,
         else every pipeline reads all files in order and keeps every n-th example."""
+        targets.require_none("TFDS data")
         import tensorflow_datasets as tfds
 
         pipelines = context.num_input_pipelines

@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources import DataError, Source, shard_warning, shuffle_share
+from datasets.sources import DataError, Source, Targets, shard_warning, shuffle_share
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -42,9 +42,11 @@ class TFRecordSplit:
     def __len__(self) -> int:
         return int(sum(self.counts))
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool) -> tf.data.Dataset:
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's share: whole shards per pipeline when there are enough of them (and
         training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
+        targets.require_none("TFRecord data")
         pipelines, pipeline_id = context.num_input_pipelines, context.input_pipeline_id
         files = list(self.files)
         if shuffle:

@@ -47,6 +47,21 @@ class Config:
     seed: int = 0
     deterministic: bool = False
     skip_bad_files: bool = False
+    flip: bool = True
+    color_jitter: float | None = None  # None: the task's default for the model (engine/tasks.py)
+    hue: float | None = None
+    randaugment_ops: int | None = None
+    randaugment_magnitude: float = 9.0
+    mixup: float | None = None
+    cutmix: float | None = None
+    label_smoothing: float | None = None
+    min_scale: float | None = None
+    max_scale: float | None = None
+    mosaic: float | None = None
+    box_mixup: float | None = None
+    max_boxes: int = 100
+    ignore_value: int = 255
+    preview_batches: int = 3
     verbose: int = 1
     resolved: dict = dataclasses.field(default_factory=dict)
 

@@ -8,7 +8,8 @@ Run directory (`--model_dir`), written by the chief:
     best.keras         the model with the best validation metric so far
     final.keras        the model at the end of training
     history.csv        one row of metrics per epoch, across restarts
-    tensorboard/       train/ and validation/ event files
+    tensorboard/       train/ and validation/ event files; preview/ the augmented batches as images
+    preview/           train_batch{i}.png (+ .txt labels): augmented training batches, drawn before training
     summary.json       final metrics, timing and resolved settings
     eval.json          metrics of `--mode=eval` (its flags go to eval_config.json)
 """
@@ -27,13 +28,15 @@ import keras
 import tensorflow as tf
 
 from datasets import pipeline, tfrecord, validate
+from datasets import preview as preview_images
 from datasets import spec as dataset_spec
+from datasets.augment import Augment
 from datasets.sources import DataError, Source, Split
 from engine import callbacks as engine_callbacks
 from engine import devices, keras_patches, optim, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 
-MODES = ("train", "eval", "train_and_eval", "convert", "inspect")
+MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +65,16 @@ def plan_steps(num_train: int, global_batch_size: int, epochs: int, train_steps:
     return StepPlan(natural, epochs)
 
 
-def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
-    pipeline_config = pipeline.PipelineConfig(
+def _pipeline_config(config: Config, task, training: bool) -> pipeline.PipelineConfig:
+    return pipeline.PipelineConfig(
         image_size=config.image_size, global_batch_size=config.batch_size, training=training,
-        seed=config.seed, deterministic=config.deterministic, cache=config.cache,
-        cache_name="train" if training else "val")
-    input_fn = pipeline.make_input_fn(examples, pipeline_config, task.model_io)
+        seed=config.seed, deterministic=config.deterministic, kind=task.kind,
+        augment=task.augment(config) if training else Augment(), ignore_value=config.ignore_value,
+        max_boxes=config.max_boxes, cache=config.cache, cache_name="train" if training else "val")
+
+
+def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
+    input_fn = pipeline.make_input_fn(examples, _pipeline_config(config, task, training), task.model_io)
     return strategy.distribute_datasets_from_function(input_fn)
 
 
@@ -200,7 +207,7 @@ def prepare(config: Config) -> Job:
     keras.utils.set_random_seed(config.seed)
 
     source = _load_source(config)
-    task = tasks.make_task(config.task, source)
+    task = tasks.make_task(config, source)
     train_examples, val_examples = source.splits["train"], source.splits["val"]
     plan = plan_steps(len(train_examples), config.batch_size, config.epochs, config.train_steps)
     is_chief, worker = devices.worker_role(strategy)
@@ -212,7 +219,7 @@ def prepare(config: Config) -> Job:
         "numerics_reason": numerics.reason, "per_replica_batch_size": config.batch_size // replicas,
         "steps_per_epoch": plan.steps_per_epoch, "epochs": plan.epochs, "total_steps": plan.total_steps,
         "num_train": len(train_examples), "num_val": len(val_examples), "class_names": task.class_names,
-        "is_chief": is_chief,
+        "is_chief": is_chief, "augment": dataclasses.asdict(task.augment(config)),
     }
     if is_chief:  # an evaluation must not overwrite the configuration of the training it evaluates
         config.write(os.path.join(config.model_dir, "eval_config.json" if config.mode == "eval" else "config.json"))
@@ -247,6 +254,8 @@ def run(config: Config) -> dict:
     if config.mode == "inspect":
         return inspect(config)
     job = prepare(config)
+    if config.mode == "preview":
+        return {"previews": preview(job)}
     model = build_model(job)
     with _naming_bad_files(job.source):
         if config.mode == "eval":
@@ -296,9 +305,25 @@ def inspect(config: Config) -> dict:
     return report
 
 
+def preview(job: Job) -> list[str]:
+    """Draws `--preview_batches` augmented training batches (one input pipeline, as the run's first replica
+    sees them) into the run directory and TensorBoard; returns the PNG paths."""
+    config = job.config
+    with _naming_bad_files(job.source):
+        batches = list(pipeline.build_dataset(job.train_split, _pipeline_config(config, job.task, training=True))
+                       .take(config.preview_batches).as_numpy_iterator())
+    paths = preview_images.write(batches, job.task.class_names, job.model_dir, config.ignore_value)
+    if paths:
+        print(f"[engine] {len(paths)} preview grids of augmented training batches in "
+              f"{os.path.dirname(paths[0])}", flush=True)
+    return paths
+
+
 def train(job: Job, model: keras.Model, started: float) -> dict:
     """Fits `model` (resuming from the run directory's backup) and writes final.keras and summary.json."""
     config = job.config
+    if job.is_chief and config.preview_batches > 0:
+        preview(job)
     throughput = engine_callbacks.ThroughputLogger(config.batch_size)
     validate = config.mode == "train_and_eval"
     history_csv = os.path.join(job.model_dir, "history.csv")

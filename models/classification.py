@@ -99,6 +99,10 @@ def application(name: str, num_classes: int, image_size: int, weights: str | Non
 BUILDERS: dict[str, Callable[..., keras.Model]] = {"small_cnn": small_cnn, "resnet": resnet}
 
 
+# Models of ImageNet scale (millions of parameters): they get the strong augmentation defaults.
+LARGE = frozenset({"mobilenet_v3_large", "efficientnet_b0", "resnet50"})
+
+
 def build_classifier(name: str, num_classes: int, image_size: int, weights: str | None = None) -> keras.Model:
     """Builds the classifier `name` (see `names()`); `weights` only applies where a model supports it."""
     if name in APPLICATIONS:

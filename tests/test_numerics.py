@@ -6,7 +6,7 @@ import keras
 
 from datasets import pipeline, sources
 from engine import devices, precision, tasks
-from engine.config import FlagError
+from engine.config import Config, FlagError
 
 CPU = devices.DeviceInfo("CPU", ("/cpu:0",))
 
@@ -55,7 +55,7 @@ def test_unknown_strategy_and_uneven_batch_are_errors():
 def test_mirrored_evaluation_equals_single_device_evaluation(tiny_shapes):
     """Metrics reduce across replicas: the replicated pass must score the same weights identically."""
     source = sources.shapes_source(tiny_shapes)
-    task = tasks.make_task("classification", source)
+    task = tasks.make_task(Config(), source)
     config = pipeline.PipelineConfig(image_size=32, global_batch_size=10, training=False)  # 64 = 6 x 10 + 4
     keras.utils.set_random_seed(0)
     weights = task.build_model("small_cnn", 32).get_weights()
