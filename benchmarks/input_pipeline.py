@@ -32,6 +32,11 @@ Variants:
   imagedatagen_nocrop  the same without the shifts (flip and rescale only): not the benchmark's task, shown
                   to separate ImageDataGenerator's loading from its augmentation
   pydataset       a keras.utils.PyDataset reading, cropping and flipping with PIL
+  cls_randaugment_mixup  `folder` plus RandAugment (2 operations, magnitude 9) and MixUp (alpha 0.2)
+  segmentation    images with their class-index PNG masks: letterbox, random zoom 0.5-2 / position / flip of
+                  image and mask, colour jitter
+  detection_mosaic  images with their boxes (8 per image, padded): letterbox, Mosaic of 4, random zoom
+                  0.5-1.5 / position / flip, HSV jitter
   stream_rss      `folder`, and `tfrecord` with a 16 MB shuffle budget (smaller than the data), each streamed
                   for 10 epochs: resident memory after each epoch
 """
@@ -62,7 +67,8 @@ flags.DEFINE_integer("image_size", 224, "Output size.")
 flags.DEFINE_integer("repeats", 3, "Interleaved rounds; each times every variant once (the median is reported).")
 flags.DEFINE_integer("batches", 40, "Batches per timed repetition (slow peers use a quarter).")
 flags.DEFINE_list("variants", ["ceiling", "ceiling_alone", "ceiling_graph", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
-                                "imagedatagen", "imagedatagen_nocrop", "pydataset", "stream_rss"],
+                                "imagedatagen", "imagedatagen_nocrop", "pydataset", "cls_randaugment_mixup", "segmentation",
+                                "detection_mosaic", "stream_rss"],
                   "Variants to run.")
 flags.DEFINE_string("only", "", "Internal: run one variant in this process and print its JSON result.")
 flags.DEFINE_integer("core", -1, "Internal: pin this process to this core (the ceilings).")
@@ -70,26 +76,69 @@ flags.DEFINE_string("barrier", "", "Internal: directory where concurrent ceiling
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 
 SLOW = {"imagedatagen", "imagedatagen_nocrop", "pydataset"}
+OURS = {"folder", "folder_mild", "tfrecord", "cache", "stream_rss", "cls_randaugment_mixup", "segmentation",
+        "detection_mosaic"}
+
+
+def _dense_variants() -> dict:
+    """The augmentation rows: (kind, Augment) per variant, at the engine's default strengths."""
+    from datasets.augment import Augment
+
+    return {
+        "cls_randaugment_mixup": ("classification", Augment(crop_scale=(0.08, 1.0), randaugment_ops=2,
+                                                            randaugment_magnitude=9, mixup=0.2, num_classes=10)),
+        "segmentation": ("segmentation", Augment(scale=(0.5, 2.0), brightness=0.2, contrast=0.2, saturation=0.2)),
+        "detection_mosaic": ("detection", Augment(scale=(0.5, 1.5), mosaic=1.0, brightness=0.4, saturation=0.7,
+                                                  hue=0.015)),
+    }
 
 
 def generate(directory: str, count: int) -> None:
     """Writes `count` JPEGs of 360-440 px, quality 90, in 10 class folders (once): the shapes generator's
-    textured, noisy scenes (sensor-like noise and edges, so they decode like photos, not like smooth blobs)."""
+    textured, noisy scenes (sensor-like noise and edges, so they decode like photos, not like smooth blobs).
+    Their class-index masks (PNG) and boxes go to `directory`-labels, for the segmentation and detection rows."""
     import numpy as np
     import tensorflow as tf
 
     from datasets import shapes_draw
 
-    if os.path.exists(os.path.join(directory, "done")):
+    labels_dir = directory + "-labels"
+    write_images = not os.path.exists(os.path.join(directory, "done"))
+    if not write_images and os.path.exists(os.path.join(labels_dir, "done")):
         return
-    rng = np.random.default_rng(0)
+    os.makedirs(labels_dir, exist_ok=True)
+    rng, annotations = np.random.default_rng(0), []
     for i in range(count):
         height, width = rng.integers(360, 441, size=2)
-        image, _, _ = shapes_draw.make_example(rng, 440)
-        folder = os.path.join(directory, f"class_{i % 10}")
-        os.makedirs(folder, exist_ok=True)
-        tf.io.write_file(os.path.join(folder, f"{i:05d}.jpg"), tf.io.encode_jpeg(image[:height, :width], quality=90))
+        image, mask, annotation = shapes_draw.make_example(rng, 440)
+        path = os.path.join(directory, f"class_{i % 10}", f"{i:05d}.jpg")
+        if write_images:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tf.io.write_file(path, tf.io.encode_jpeg(image[:height, :width], quality=90))
+        mask_path = os.path.join(labels_dir, f"{i:05d}.png")
+        tf.io.write_file(mask_path, tf.io.encode_png(mask[:height, :width, None]))
+        boxes = np.minimum(np.asarray(annotation["boxes"], np.float32).reshape(-1, 4), [width, height] * 2)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)  # objects cut off by the crop
+        annotations.append({"image": path, "mask": mask_path, "label": i % 10, "boxes": boxes[keep].tolist(),
+                            "box_classes": np.asarray(annotation["box_classes"])[keep].tolist()})
+    with open(os.path.join(labels_dir, "annotations.json"), "w") as f:
+        json.dump(annotations, f)
     open(os.path.join(directory, "done"), "w").close()
+    open(os.path.join(labels_dir, "done"), "w").close()
+
+
+def _labelled_split():
+    """The benchmark images with their masks and boxes, as a split of loose files."""
+    import numpy as np
+
+    from datasets import sources
+
+    with open(os.path.join(FLAGS.data + "-labels", "annotations.json")) as f:
+        records = json.load(f)
+    return sources.Examples(paths=[r["image"] for r in records], labels=[r["label"] for r in records],
+                            mask_paths=[r["mask"] for r in records],
+                            boxes=[np.asarray(r["boxes"], np.float32).reshape(-1, 4) for r in records],
+                            box_classes=[np.asarray(r["box_classes"], np.int32) for r in records])
 
 
 def _crop_flip_rescale(image, size):
@@ -110,6 +159,11 @@ def _iterator(variant: str):
     size, batch = FLAGS.image_size, FLAGS.batch_size
     folder = sources.folder_source(FLAGS.data, val_fraction=0.01, seed=0)
     rescale = lambda b: {**b, "image": tf.cast(b["image"], tf.float32) / 255.0}  # noqa: E731
+    if variant in ("cls_randaugment_mixup", "segmentation", "detection_mosaic"):
+        kind, augment = _dense_variants()[variant]
+        config = pipeline.PipelineConfig(image_size=size, global_batch_size=batch, training=True, kind=kind,
+                                         augment=augment, max_boxes=8)
+        return iter(pipeline.build_dataset(_labelled_split(), config).map(rescale))
     if variant in ("folder", "folder_mild", "tfrecord", "cache"):
         split = folder.splits["train"]
         if variant == "tfrecord":
@@ -274,7 +328,7 @@ def _summarise(runs: list[dict]) -> dict:
 def main(argv: list[str]) -> None:
     """Runs every variant in a fresh process per round and prints the table of rates, ratios and peak RSS."""
     del argv
-    if FLAGS.only in ("folder", "folder_mild", "tfrecord", "cache", "stream_rss"):
+    if FLAGS.only in OURS:
         from datasets import budget
 
         budget.limit_malloc_arenas()  # as launch.py does for this project's pipeline
@@ -300,16 +354,16 @@ def main(argv: list[str]) -> None:
                       f"{result['images_per_second']:.0f} img/s", flush=True)
     results = {v: _summarise(r) for v, r in runs.items() if r}
     ceiling = results.get("ceiling", {}).get("images_per_second")
-    peers = {k: results[k]["images_per_second"] for k in ("idfd", "idfd_tfimage", "imagedatagen", "pydataset")
-             if k in results}
+    peers = {k: results[k]["images_per_second"] for k in ("folder", "idfd", "idfd_tfimage", "imagedatagen",
+                                                          "pydataset") if k in results}
     print(f"\n{os.cpu_count()} cores, {FLAGS.num_images} JPEGs ~400x400 q90 -> batches of {FLAGS.batch_size} at "
           f"{FLAGS.image_size}px, crop+flip+rescale; median of {FLAGS.repeats} interleaved rounds")
-    header = f"{'variant':20s} {'img/s':>8s} {'x ceiling':>10s} " + " ".join(f"{'x ' + k:>15s}" for k in peers)
+    header = f"{'variant':22s} {'img/s':>8s} {'x ceiling':>10s} " + " ".join(f"{'x ' + k:>15s}" for k in peers)
     print(header + f" {'peak RSS MB':>12s} {'RSS growth MB':>14s}")
     for name, result in results.items():
         rate = result["images_per_second"]
         ratios = " ".join(f"{rate / peer:15.2f}" for peer in peers.values())
-        print(f"{name:20s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
+        print(f"{name:22s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
               f"{result['peak_rss_mb']:12.0f} {result['rss_growth_while_timed_mb']:14.1f}")
     if "stream_rss" in FLAGS.variants:
         stream = _in_subprocess("stream_rss")

@@ -58,12 +58,11 @@ def classification_example_steps(augment: Augment) -> list[Callable[[dict], dict
     return steps
 
 
-def batch_step(kind: str, augment: Augment, image_size: int, ignore_value: int, max_boxes: int
-               ) -> Callable[[dict], dict]:
+def batch_step(kind: str, augment: Augment, image_size: int, ignore_value: int) -> Callable[[dict], dict]:
     """The per-batch augmentation of `kind`; it consumes the batch's "seed"."""
     moves = []
     if kind == "detection" and augment.mosaic:
-        moves.append(spatial.mosaic(image_size, augment.mosaic, ignore_value, max_boxes))
+        moves.append(spatial.mosaic(image_size, augment.mosaic, ignore_value))
     if kind != "classification":
         moves.append(spatial.random_affine(image_size, augment.scale, augment.flip, ignore_value))
     color = any(augment.color.values())
@@ -81,7 +80,7 @@ def batch_step(kind: str, augment: Augment, image_size: int, ignore_value: int, 
                                         tf.random.experimental.stateless_fold_in(seed, 1))
             batch = {**batch, "image": images, "label": labels}
         if kind == "detection" and augment.box_mixup:
-            batch = spatial.box_mixup(augment.box_mixup, max_boxes)(batch)
+            batch = spatial.box_mixup(augment.box_mixup)(batch)
         return {k: v for k, v in batch.items() if k != "seed"}
 
     return apply

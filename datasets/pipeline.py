@@ -146,8 +146,8 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
         ds = _seeded(ds.repeat(), config, context)
         ds = ds.map(_compose(*random, _keep(*config.output_keys, "seed")), num_parallel_calls=parallel)
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
-        ds = ds.map(augmentation.batch_step(config.kind, augment, config.image_size, config.ignore_value,
-                                            config.max_boxes), num_parallel_calls=parallel)
+        ds = ds.map(augmentation.batch_step(config.kind, augment, config.image_size, config.ignore_value),
+                    num_parallel_calls=parallel)
     else:
         ds = _pad_to_full_batches(ds, len(split), config, context).repeat()
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)

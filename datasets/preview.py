@@ -47,8 +47,11 @@ def draw(batch: dict[str, np.ndarray], ignore_value: int = 255) -> np.ndarray:
     return images
 
 
-def grid(images: np.ndarray, columns: int = 4, gap: int = 2) -> np.ndarray:
-    """Tiles [B, H, W, 3] into one image, `columns` wide, white gaps between the cells."""
+def grid(images: np.ndarray, columns: int = 4, gap: int = 2, min_cell: int = 128) -> np.ndarray:
+    """Tiles [B, H, W, 3] into one image, `columns` wide, white gaps between the cells; small images are
+    enlarged by an integer factor (pixel repetition) to at least `min_cell` pixels."""
+    factor = max(1, -(-min_cell // images.shape[1]))
+    images = images.repeat(factor, axis=1).repeat(factor, axis=2)
     count, height, width, _ = images.shape
     rows = -(-count // columns)
     out = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)

@@ -1,6 +1,6 @@
 """RandAugment (Cubuk et al. 2019) per example, driven by the example's stateless seed.
 
-`num_ops` operations are drawn uniformly from OPS and applied in turn, each at `magnitude` (0-10, the paper's
+`num_ops` operations are drawn uniformly from `operations` and applied in turn, each at `magnitude` (0-10, the paper's
 scale) with a random sign where the operation has one. Only the drawn branch runs (`tf.switch_case`).
 
 Not `keras.layers.RandAugment`: measured here, it cost ~28 ms of CPU per 224 px image in a tf.data map (30x
@@ -56,7 +56,7 @@ def _affine(image: tf.Tensor, matrix: list[tf.Tensor]) -> tf.Tensor:
     return geometry.project(image[None], transform[None], size, FILL)[0]
 
 
-def _ops(image: tf.Tensor, level: tf.Tensor, sign: tf.Tensor) -> list:
+def operations(image: tf.Tensor, level: tf.Tensor, sign: tf.Tensor) -> list:
     """The operations as branches over float pixels in [0, 255]; `level` in [0, 1]."""
     one, zero = tf.constant(1.0), tf.constant(0.0)
     size = float(image.shape[0])
@@ -98,7 +98,7 @@ def randaugment(num_ops: int, magnitude: float) -> callable:
             choice = tf.random.stateless_uniform([], seed, 0, NUM_OPS, dtype=tf.int32)
             coin = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1))
             sign = tf.where(coin < 0.5, -1.0, 1.0)
-            image = tf.clip_by_value(tf.switch_case(choice, _ops(image, level, sign)), 0.0, 255.0)
+            image = tf.clip_by_value(tf.switch_case(choice, operations(image, level, sign)), 0.0, 255.0)
             image.set_shape(example["image"].shape)
         return {**example, "image": tf.cast(image + 0.5, tf.uint8)}
 

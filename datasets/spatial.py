@@ -77,11 +77,12 @@ def _select(use: tf.Tensor, chosen: dict, original: dict) -> dict:
     return {k: pick(chosen[k], original[k]) if k in chosen else v for k, v in original.items()}
 
 
-def mosaic(size: int, probability: float, ignore: int, max_boxes: int) -> callable:
+def mosaic(size: int, probability: float, ignore: int) -> callable:
     """Returns a batch function: with `probability` per example, a 2x2 Mosaic of it and the next three
     examples of the batch at half scale around a random centre in the middle half of the image.
 
-    Each example takes part in four mosaics (once per quadrant), so a mosaic costs no extra decoding."""
+    Each example takes part in four mosaics (once per quadrant), so a mosaic costs no extra decoding. The
+    boxes of the four are kept up to the batch's box count (the first ones, in quadrant order)."""
 
     def apply(batch: dict) -> dict:
         count = batch["image"].shape[0]
@@ -108,13 +109,13 @@ def mosaic(size: int, probability: float, ignore: int, max_boxes: int) -> callab
         if "boxes" in batch:
             mixed["boxes"], mixed["classes"] = geometry.compact_boxes(
                 tf.concat([t["boxes"] for t in tiles], axis=1), tf.concat([t["classes"] for t in tiles], axis=1),
-                max_boxes)
+                batch["classes"].shape[1])
         return _select(_uniform(batch, 7, 0.0, 1.0) < probability, mixed, batch)
 
     return apply
 
 
-def box_mixup(probability: float, max_boxes: int) -> callable:
+def box_mixup(probability: float) -> callable:
     """Returns a batch function: with `probability` per example, blends it with the next example of the batch
     (weight ~ Beta(32, 32), as YOLO does) and keeps the boxes of both."""
 
@@ -126,7 +127,7 @@ def box_mixup(probability: float, max_boxes: int) -> callable:
         if "boxes" in batch:
             mixed["boxes"], mixed["classes"] = geometry.compact_boxes(
                 tf.concat([batch["boxes"], partner["boxes"]], axis=1),
-                tf.concat([batch["classes"], partner["classes"]], axis=1), max_boxes)
+                tf.concat([batch["classes"], partner["classes"]], axis=1), batch["classes"].shape[1])
         return _select(_uniform(batch, 9, 0.0, 1.0) < probability, mixed, batch)
 
     return apply

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.conftest import REPO, run_launch
@@ -63,6 +64,20 @@ def test_tensorboard_events_hold_train_and_validation_metrics(mirrored_run):
         assert tag in train_tags, (tag, train_tags)
     assert {"epoch_loss", "epoch_accuracy"} <= val_tags
     assert len(train.Tensors("epoch_loss")) == 2
+
+
+def test_training_starts_by_drawing_augmented_batches(mirrored_run):
+    model_dir, result = mirrored_run
+    assert "3 preview grids of augmented training batches" in result.stdout
+    for i in range(3):
+        picture = tf.io.decode_png(tf.io.read_file(os.path.join(model_dir, "preview", f"train_batch{i}.png")))
+        assert picture.shape == (4 * 128 + 6, 4 * 128 + 6, 3)  # 16 of the 32 px images, enlarged 4x
+        with open(os.path.join(model_dir, "preview", f"train_batch{i}.txt")) as f:
+            assert len(f.read().splitlines()) == 16
+    accumulator = event_accumulator.EventAccumulator(os.path.join(model_dir, "tensorboard", "preview"),
+                                                     size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    assert len(accumulator.Tensors("train_batch")) == 3
 
 
 def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, tiny_shapes):
