@@ -88,7 +88,7 @@ def _dense_variants() -> dict:
         "cls_randaugment_mixup": ("classification", Augment(crop_scale=(0.08, 1.0), randaugment_ops=2,
                                                             randaugment_magnitude=9, mixup=0.2, num_classes=10)),
         "segmentation": ("segmentation", Augment(scale=(0.5, 2.0), brightness=0.2, contrast=0.2, saturation=0.2)),
-        "detection_mosaic": ("detection", Augment(scale=(0.5, 1.5), mosaic=1.0, brightness=0.4, saturation=0.7,
+        "detection_mosaic": ("detection", Augment(scale=(0.5, 1.5), translate=0.2, mosaic=1.0, brightness=0.4, saturation=0.7,
                                                   hue=0.015)),
     }
 

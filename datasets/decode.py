@@ -67,18 +67,48 @@ def decode_resize(image_size: int) -> ExampleFn:
     return apply
 
 
-def decode_full(example: dict) -> dict:
-    """Decodes "encoded" into "image" at its own size, and "mask_encoded" (a class-index PNG), if present,
-    into "mask" [h, w, 1]; a mask whose size differs from its image's stops the run naming the image."""
-    image = _pixels(example)
-    out = {k: v for k, v in _without_encoded(example, image).items() if k not in ("mask_encoded", "mask_id")}
-    if "mask_encoded" in example:
-        mask = tf.io.decode_png(example["mask_encoded"], channels=1)
-        same = tf.reduce_all(tf.equal(tf.shape(mask)[:2], tf.shape(image)[:2]))
-        check = tf.debugging.Assert(same, ["mask size differs from its image:", example["id"]])
-        with tf.control_dependencies([check]):
-            out["mask"] = tf.identity(mask)
-    return out
+def _decode_at_least(encoded: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes an image, a JPEG at the largest DCT scale (1/2, 1/4, 1/8) whose longer side stays >= `size`
+    (skipping most of the decoding work for images much larger than their destination); returns it and the
+    file's own [height, width]."""
+
+    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+        original = tf.image.extract_jpeg_shape(encoded)[:2]
+        index = tf.reduce_sum(tf.cast(-(-tf.reduce_max(original) // tf.constant([2, 4, 8])) >= size, tf.int32))
+        branches = [lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r) for r in (1, 2, 4, 8)]
+        return tf.switch_case(index, branches), original
+
+    def other() -> tuple[tf.Tensor, tf.Tensor]:
+        image = _decode_any(encoded)
+        return image, tf.shape(image)[:2]
+
+    image, original = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image.set_shape([None, None, 3])
+    return image, original
+
+
+def decode_for_size(size: int) -> ExampleFn:
+    """Returns a function decoding "encoded" into "image", no smaller than a `size` letterbox needs (see
+    `_decode_at_least`), with "image_size" [h, w] of the original, and "mask_encoded" (a class-index PNG), if
+    present, into "mask" [h, w, 1]; a mask whose size differs from its image's stops the run naming both."""
+
+    def apply(example: dict) -> dict:
+        if "encoded" in example:
+            image, original = _decode_at_least(example["encoded"], size)
+        else:
+            image = _rgb(example["image"])
+            original = tf.shape(image)[:2]
+        out = {k: v for k, v in _without_encoded(example, image).items() if k not in ("mask_encoded", "mask_id")}
+        out["image_size"] = original
+        if "mask_encoded" in example:
+            mask = tf.io.decode_png(example["mask_encoded"], channels=1)
+            same = tf.reduce_all(tf.equal(tf.shape(mask)[:2], original))
+            check = tf.debugging.Assert(same, ["mask size differs from its image:", example["id"], example["mask_id"]])
+            with tf.control_dependencies([check]):
+                out["mask"] = tf.identity(mask)
+        return out
+
+    return apply
 
 
 def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn:

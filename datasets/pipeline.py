@@ -135,7 +135,10 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
             random = [decode.random_crop(config.image_size)] if config.training else []
         random += augmentation.classification_example_steps(augment) if config.training else []
     else:
-        fixed = [*checks, decode.decode_full, spatial.letterbox(config.image_size, config.ignore_value)]
+        # every example a mosaic tile: letterbox (and decode) at half size, tiles join without resampling
+        tiles_only = config.training and config.kind == "detection" and augment.mosaic >= 1.0
+        fit = config.image_size // 2 if tiles_only else config.image_size
+        fixed = [*checks, decode.decode_for_size(fit), spatial.letterbox(fit, config.ignore_value)]
         random = []
     if fixed:
         ds = ds.map(_compose(*fixed, keep), num_parallel_calls=parallel)
@@ -145,9 +148,12 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
             ds = shuffle_share(ds, len(split), config.cache_size ** 2 * 3, context, config.seed)
         ds = _seeded(ds.repeat(), config, context)
         ds = ds.map(_compose(*random, _keep(*config.output_keys, "seed")), num_parallel_calls=parallel)
-        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
+        # Mosaic draws its tiles from four batches at once, then splits them: no example twice in a batch.
+        group = 4 if config.kind == "detection" and augment.mosaic else 1
+        ds = ds.batch(group * batch_size, drop_remainder=True, num_parallel_calls=parallel)
         ds = ds.map(augmentation.batch_step(config.kind, augment, config.image_size, config.ignore_value),
                     num_parallel_calls=parallel)
+        ds = ds.rebatch(batch_size, drop_remainder=True) if group > 1 else ds
     else:
         ds = _pad_to_full_batches(ds, len(split), config, context).repeat()
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)

@@ -27,9 +27,9 @@ def _uniform(batch: dict, salt: int, low: float | tf.Tensor, high: float | tf.Te
 
 def _apply(batch: dict, affine: tf.Tensor, size: int, ignore: int, windows: tf.Tensor | None = None) -> dict:
     """`batch` moved by `affine` into size x size outputs; boxes clipped to `windows` (default: the output)."""
-    out = {**batch, "image": tf.cast(geometry.warp(batch["image"], affine, size, FILL), tf.uint8)}
+    out = {**batch, "image": geometry.warp(batch["image"], affine, size, FILL)}
     if "mask" in batch:
-        out["mask"] = tf.cast(geometry.warp(batch["mask"], affine, size, ignore, nearest=True), tf.uint8)
+        out["mask"] = geometry.warp(batch["mask"], affine, size, ignore, nearest=True)
     if "boxes" in batch:
         if windows is None:
             windows = tf.tile(tf.constant([[0.0, 0.0, size, size]]), [affine.shape[0], 1])
@@ -39,29 +39,45 @@ def _apply(batch: dict, affine: tf.Tensor, size: int, ignore: int, windows: tf.T
 
 def letterbox(size: int, ignore: int) -> callable:
     """Returns a per-example function fitting "image" (and "mask", "boxes") into size x size, aspect kept,
-    centred, the rest filled (FILL in the image, `ignore` in the mask)."""
+    centred, the rest filled (FILL in the image, `ignore` in the mask). Boxes are in the pixels of the
+    original, "image_size" [h, w] (default: the image's shape); image and mask may be decoded smaller."""
 
     def apply(example: dict) -> dict:
-        shape = tf.cast(tf.shape(example["image"])[:2], tf.float32)
-        scale = size / tf.reduce_max(shape)
-        new_h, new_w = tf.round(shape[0] * scale), tf.round(shape[1] * scale)
-        affine = tf.stack([new_w / shape[1], new_h / shape[0], tf.floor((size - new_w) / 2),
-                           tf.floor((size - new_h) / 2)])[None]
-        batch = {k: v[None] for k, v in example.items()}
-        return {k: v[0] for k, v in _apply(batch, affine, size, ignore).items()}
+        original = tf.cast(example.get("image_size", tf.shape(example["image"])[:2]), tf.float32)
+        scale = size / tf.reduce_max(original)
+        new_h, new_w = tf.round(original[0] * scale), tf.round(original[1] * scale)
+        left, top = tf.floor((size - new_w) / 2), tf.floor((size - new_h) / 2)
+
+        def onto_target(shape: tf.Tensor) -> tf.Tensor:  # the affine taking a [h, w] extent onto the target
+            shape = tf.cast(shape, tf.float32)
+            return tf.stack([new_w / shape[1], new_h / shape[0], left, top])[None]
+
+        out = {k: v for k, v in example.items() if k != "image_size"}
+        out["image"] = geometry.warp(example["image"][None], onto_target(tf.shape(example["image"])[:2]), size,
+                                     FILL)[0]
+        if "mask" in example:
+            out["mask"] = geometry.warp(example["mask"][None], onto_target(tf.shape(example["mask"])[:2]), size,
+                                        ignore, nearest=True)[0]
+        if "boxes" in example:
+            boxes, classes = geometry.move_boxes(example["boxes"][None], example["classes"][None],
+                                                 onto_target(original), tf.constant([[0.0, 0.0, size, size]]))
+            out["boxes"], out["classes"] = boxes[0], classes[0]
+        return out
 
     return apply
 
 
-def random_affine(size: int, scale: tuple[float, float], flip: bool, ignore: int) -> callable:
+def random_affine(size: int, scale: tuple[float, float], flip: bool, ignore: int, translate: float = 0.0
+                  ) -> callable:
     """Returns a batch function: random zoom in `scale`, a random position (a random crop when zoomed in,
-    random padding when zoomed out) and, if `flip`, a left-right flip with probability 1/2."""
+    random padding when zoomed out) moved by up to `translate` x size more, and, if `flip`, a left-right flip
+    with probability 1/2."""
 
     def apply(batch: dict) -> dict:
         zoom = _uniform(batch, 1, *scale)
         slack = size - zoom * size  # < 0: the zoomed image overhangs and is cropped
-        tx = _uniform(batch, 2, 0.0, 1.0) * slack
-        ty = _uniform(batch, 3, 0.0, 1.0) * slack
+        tx = _uniform(batch, 2, 0.0, 1.0) * slack + _uniform(batch, 10, -translate, translate) * size
+        ty = _uniform(batch, 3, 0.0, 1.0) * slack + _uniform(batch, 11, -translate, translate) * size
         mirror = _uniform(batch, 4, 0.0, 1.0) < 0.5 if flip else tf.zeros_like(zoom, tf.bool)
         affine = tf.stack([tf.where(mirror, -zoom, zoom), zoom, tf.where(mirror, tx + zoom * size, tx), ty], 1)
         return _apply(batch, affine, size, ignore)
@@ -78,38 +94,34 @@ def _select(use: tf.Tensor, chosen: dict, original: dict) -> dict:
 
 
 def mosaic(size: int, probability: float, ignore: int) -> callable:
-    """Returns a batch function: with `probability` per example, a 2x2 Mosaic of it and the next three
-    examples of the batch at half scale around a random centre in the middle half of the image.
+    """Returns a batch function: with `probability` per example, a 2x2 Mosaic, at half scale, of it and the
+    examples a quarter, a half and three quarters of the batch further on.
 
-    Each example takes part in four mosaics (once per quadrant), so a mosaic costs no extra decoding. The
-    boxes of the four are kept up to the batch's box count (the first ones, in quadrant order)."""
+    Each example takes part in four mosaics (once per quadrant), so a mosaic costs no extra decoding; batches
+    letterboxed at size / 2 (the pipeline does so when every example is a mosaic) need no resampling either.
+    The pipeline gives this step four batches at once and splits them after it, so that every training batch
+    holds each example at most once. The boxes of the four are kept up to the batch's box count (the first
+    ones, in quadrant order)."""
+    half = size // 2
 
     def apply(batch: dict) -> dict:
         count = batch["image"].shape[0]
-        cx, cy = _uniform(batch, 5, size / 4, 3 * size / 4), _uniform(batch, 6, size / 4, 3 * size / 4)
-        pixel = tf.range(size, dtype=tf.float32) + 0.5
-        right = pixel[None, None, :] >= cx[:, None, None]  # [B, 1, S]
-        below = pixel[None, :, None] >= cy[:, None, None]  # [B, S, 1]
-        tiles, half = [], size / 2
-        for quadrant, (is_right, is_below) in enumerate([(False, False), (True, False), (False, True), (True, True)]):
-            source = {k: tf.roll(v, -quadrant, axis=0) for k, v in batch.items()}
-            affine = tf.stack([tf.fill([count], 0.5), tf.fill([count], 0.5),
-                               cx if is_right else cx - half, cy if is_below else cy - half], axis=1)
-            zero, full = tf.zeros([count]), tf.fill([count], float(size))
-            window = tf.stack([cx if is_right else zero, cy if is_below else zero,
-                               full if is_right else cx, full if is_below else cy], axis=1)
-            tiles.append(_apply(source, affine, size, ignore, window))
-        quadrant_of_pixel = tf.cast(right, tf.int32) + 2 * tf.cast(below, tf.int32)  # [B, S, S]
+        small = batch if batch["image"].shape[1] == half else _apply(
+            batch, tf.tile(tf.constant([[0.5, 0.5, 0.0, 0.0]]), [count, 1]), half, ignore)
+        tiles = [{k: tf.roll(v, -quadrant * (count // 4), axis=0) for k, v in small.items()} for quadrant in range(4)]
         mixed = {}
         for key in ("image", "mask"):
             if key in batch:
-                mixed[key] = tiles[0][key]
-                for quadrant in (1, 2, 3):
-                    mixed[key] = tf.where((quadrant_of_pixel == quadrant)[..., None], tiles[quadrant][key], mixed[key])
+                top = tf.concat([tiles[0][key], tiles[1][key]], axis=2)
+                mixed[key] = tf.concat([top, tf.concat([tiles[2][key], tiles[3][key]], axis=2)], axis=1)
         if "boxes" in batch:
+            offsets = [(0.0, 0.0), (half, 0.0), (0.0, half), (half, half)]
+            boxes = [tf.where(t["classes"][..., None] >= 0, t["boxes"] + [x, y, x, y], 0.0)
+                     for t, (x, y) in zip(tiles, offsets)]
             mixed["boxes"], mixed["classes"] = geometry.compact_boxes(
-                tf.concat([t["boxes"] for t in tiles], axis=1), tf.concat([t["classes"] for t in tiles], axis=1),
-                batch["classes"].shape[1])
+                tf.concat(boxes, axis=1), tf.concat([t["classes"] for t in tiles], axis=1), batch["classes"].shape[1])
+        if probability >= 1.0:
+            return {**batch, **mixed}
         return _select(_uniform(batch, 7, 0.0, 1.0) < probability, mixed, batch)
 
     return apply

@@ -16,7 +16,8 @@ STRONG = {
     "classification": Augment(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, randaugment_ops=2,
                               mixup=0.2, cutmix=1.0, num_classes=5),
     "segmentation": Augment(scale=(0.5, 2.0), brightness=0.3, contrast=0.3, saturation=0.3),
-    "detection": Augment(scale=(0.5, 1.5), mosaic=1.0, box_mixup=0.5, brightness=0.4, saturation=0.7, hue=0.015),
+    "detection": Augment(scale=(0.5, 1.5), translate=0.2, mosaic=1.0, box_mixup=0.5, brightness=0.4, saturation=0.7,
+                         hue=0.015),
 }
 
 
@@ -26,7 +27,7 @@ def _instances(tiny_shapes, count=8, seed=0):
     split = sources.shapes_source(tiny_shapes).splits["train"]
     records = split.records(tf.distribute.InputContext(), seed, True, sources.Targets(masks=True, max_boxes=4))
     fit = spatial.letterbox(SIZE, 255)
-    examples = [fit(decode.decode_full(r)) for r in records.take(count)]
+    examples = [fit(decode.decode_for_size(SIZE)(r)) for r in records.take(count)]
     masks = np.stack([e["mask"].numpy()[..., 0] for e in examples])
     boxes = np.stack([e["boxes"].numpy() for e in examples])
     classes = np.stack([e["classes"].numpy() for e in examples])
@@ -50,8 +51,10 @@ def _instances(tiny_shapes, count=8, seed=0):
 
 CHAINS = {
     "affine": lambda: [spatial.random_affine(SIZE, (0.5, 1.5), True, 255)],
-    "mosaic+affine": lambda: [spatial.mosaic(SIZE, 1.0, 255), spatial.random_affine(SIZE, (0.5, 1.5), True, 255)],
-    "zoom_in+mosaic": lambda: [spatial.random_affine(SIZE, (1.5, 2.0), True, 255), spatial.mosaic(SIZE, 1.0, 255)],
+    "mosaic+affine": lambda: [spatial.mosaic(SIZE, 1.0, 255),
+                              spatial.random_affine(SIZE, (0.5, 1.5), True, 255, translate=0.2)],
+    "zoom_in+half_mosaic": lambda: [spatial.random_affine(SIZE, (1.5, 2.0), True, 255),
+                                    spatial.mosaic(SIZE, 0.5, 255)],
 }
 
 
