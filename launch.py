@@ -85,13 +85,6 @@ flags.DEFINE_float("cutmix", DEFAULTS.cutmix,
                    "CutMix Beta(alpha, alpha) for classification; 0 off. Default: 1.0 for large models.")
 flags.DEFINE_float("label_smoothing", DEFAULTS.label_smoothing,
                    "Label smoothing of the classification loss. Default: 0.1 for large models, else 0.")
-flags.DEFINE_float("min_scale", DEFAULTS.min_scale, "Smallest random zoom (segmentation, detection).")
-flags.DEFINE_float("max_scale", DEFAULTS.max_scale, "Largest random zoom (segmentation, detection).")
-flags.DEFINE_float("mosaic", DEFAULTS.mosaic, "Probability of a 4-image Mosaic per example (detection).")
-flags.DEFINE_float("box_mixup", DEFAULTS.box_mixup, "Probability of MixUp per example (detection).")
-flags.DEFINE_integer("max_boxes", DEFAULTS.max_boxes, "Boxes per image, padded (detection).")
-flags.DEFINE_integer("ignore_value", DEFAULTS.ignore_value,
-                     "Mask value of pixels without a label, padding included (segmentation).")
 flags.DEFINE_integer("preview_batches", DEFAULTS.preview_batches,
                      "Augmented training batches drawn to --model_dir/preview at the start of training (0: none).")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")

@@ -55,12 +55,6 @@ class Config:
     mixup: float | None = None
     cutmix: float | None = None
     label_smoothing: float | None = None
-    min_scale: float | None = None
-    max_scale: float | None = None
-    mosaic: float | None = None
-    box_mixup: float | None = None
-    max_boxes: int = 100
-    ignore_value: int = 255
     preview_batches: int = 3
     verbose: int = 1
     resolved: dict = dataclasses.field(default_factory=dict)

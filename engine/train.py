@@ -69,8 +69,8 @@ def _pipeline_config(config: Config, task, training: bool) -> pipeline.PipelineC
     return pipeline.PipelineConfig(
         image_size=config.image_size, global_batch_size=config.batch_size, training=training,
         seed=config.seed, deterministic=config.deterministic, kind=task.kind,
-        augment=task.augment(config) if training else Augment(), ignore_value=config.ignore_value,
-        max_boxes=config.max_boxes, cache=config.cache, cache_name="train" if training else "val")
+        augment=task.augment(config) if training else Augment(), cache=config.cache,
+        cache_name="train" if training else "val")
 
 
 def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
@@ -312,7 +312,7 @@ def preview(job: Job) -> list[str]:
     with _naming_bad_files(job.source):
         batches = list(pipeline.build_dataset(job.train_split, _pipeline_config(config, job.task, training=True))
                        .take(config.preview_batches).as_numpy_iterator())
-    paths = preview_images.write(batches, job.task.class_names, job.model_dir, config.ignore_value)
+    paths = preview_images.write(batches, job.task.class_names, job.model_dir)
     if paths:
         print(f"[engine] {len(paths)} preview grids of augmented training batches in "
               f"{os.path.dirname(paths[0])}", flush=True)
