@@ -17,10 +17,17 @@ from engine.config import Config
 DEFAULTS = Config()
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("task", DEFAULTS.task, ["classification"], "What to train.")
+flags.DEFINE_enum("task", DEFAULTS.task, ["classification", "segmentation"], "What to train.")
 flags.DEFINE_string("dataset", DEFAULTS.dataset,
                     "KIND[:PATH]: shapes[:DIR] (generated, the default), folder:DIR (one sub-folder per class), "
-                    "tfrecord:DIR (--mode=convert output), tfds:NAME[:SPLIT], idx:DIR (MNIST format).")
+                    "tfrecord:DIR (--mode=convert output), tfds:NAME[:SPLIT], idx:DIR (MNIST format), masks:DIR "
+                    "(images/ + class-index PNG masks/ matched by stem), labelme:DIR (labelme JSON polygons), "
+                    "coco:ANNOTATIONS.json (polygons and RLE); the last three for --task=segmentation.")
+flags.DEFINE_list("mask_dirs", DEFAULTS.mask_dirs,
+                  "IMAGES,MASKS: the two folders under --dataset=masks:DIR (CamVid: val,valannot).")
+flags.DEFINE_list("mask_classes", DEFAULTS.mask_classes,
+                  "Mask class names in index order for --dataset=masks:DIR (default: DIR/classes.txt); for "
+                  "labelme:DIR the names after background (default: DIR/classes.txt, else the labels found).")
 flags.DEFINE_float("val_fraction", DEFAULTS.val_fraction,
                    "Fraction held out for validation when the data has no train/val split.")
 flags.DEFINE_string("cache_dir", DEFAULTS.cache_dir,
@@ -31,7 +38,8 @@ flags.DEFINE_bool("tfds_download", DEFAULTS.tfds_download,
 flags.DEFINE_string("cache", DEFAULTS.cache,
                     "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
 flags.DEFINE_string("model", DEFAULTS.model,
-                    "small_cnn, resnet, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, resnet50.")
+                    "Classification: small_cnn (default), resnet, mobilenet_v3_small, mobilenet_v3_large, "
+                    "efficientnet_b0, resnet50. Segmentation: unet (default), unet_bilinear, deeplabv3plus.")
 flags.DEFINE_string("weights", DEFAULTS.weights,
                     "Initial weights: a local .weights.h5/.keras file, or 'imagenet' (downloads; applications only).")
 flags.DEFINE_enum("strategy", DEFAULTS.strategy,
@@ -42,10 +50,12 @@ flags.DEFINE_integer("cpu_replicas", DEFAULTS.cpu_replicas,
 flags.DEFINE_string("tpu", DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
 flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Global batch size, split evenly across replicas.")
 flags.DEFINE_integer("image_size", DEFAULTS.image_size, "Square training and evaluation image size in pixels.")
-flags.DEFINE_integer("epochs", DEFAULTS.epochs, "Epochs to train (ignored when --train_steps is set).")
+flags.DEFINE_integer("epochs", DEFAULTS.epochs,
+                     "Epochs to train (ignored when --train_steps is set). Default: 15 (segmentation 20).")
 flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Total optimizer steps; 0 trains --epochs epochs.")
 flags.DEFINE_enum("optimizer", DEFAULTS.optimizer, ["sgd", "adam", "adamw"], "Optimizer.")
-flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate, "Peak learning rate (after warmup).")
+flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate,
+                   "Peak learning rate (after warmup). Default: 1e-3 (segmentation 3e-3).")
 flags.DEFINE_float("weight_decay", DEFAULTS.weight_decay, "Decoupled weight decay (sgd, adamw).")
 flags.DEFINE_float("momentum", DEFAULTS.momentum, "Nesterov momentum for sgd.")
 flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, ["cosine", "constant"],
@@ -85,6 +95,16 @@ flags.DEFINE_float("cutmix", DEFAULTS.cutmix,
                    "CutMix Beta(alpha, alpha) for classification; 0 off. Default: 1.0 for large models.")
 flags.DEFINE_float("label_smoothing", DEFAULTS.label_smoothing,
                    "Label smoothing of the classification loss. Default: 0.1 for large models, else 0.")
+flags.DEFINE_float("min_scale", DEFAULTS.min_scale,
+                   "Smallest random zoom of segmentation training images. Default: 0.75 (0.5 for deeplabv3plus).")
+flags.DEFINE_float("max_scale", DEFAULTS.max_scale,
+                   "Largest random zoom of segmentation training images. Default: 1.5 (2.0 for deeplabv3plus).")
+flags.DEFINE_integer("ignore_value", DEFAULTS.ignore_value,
+                     "Mask value of pixels without a label (segmentation); padding gets it too.")
+flags.DEFINE_float("dice_weight", DEFAULTS.dice_weight,
+                   "Weight of a soft Dice term added to the segmentation cross-entropy. Default: 1.")
+flags.DEFINE_list("class_weights", DEFAULTS.class_weights,
+                  "Per-class weights of the segmentation cross-entropy, one per mask class, comma-separated.")
 flags.DEFINE_integer("preview_batches", DEFAULTS.preview_batches,
                      "Augmented training batches drawn to --model_dir/preview at the start of training (0: none).")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")

@@ -87,10 +87,11 @@ def _decode_at_least(encoded: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tenso
     return image, original
 
 
-def decode_for_size(size: int) -> ExampleFn:
+def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", no smaller than a `size` letterbox needs (see
     `_decode_at_least`), with "image_size" [h, w] of the original, and "mask_encoded" (a class-index PNG), if
-    present, into "mask" [h, w, 1]; a mask whose size differs from its image's stops the run naming both."""
+    present, into "mask" [h, w, 1]. A mask whose size differs from its image's, or with a value that is
+    neither a class (< mask_classes) nor `ignore_value`, stops the run naming both files."""
 
     def apply(example: dict) -> dict:
         if "encoded" in example:
@@ -103,8 +104,14 @@ def decode_for_size(size: int) -> ExampleFn:
         if "mask_encoded" in example:
             mask = tf.io.decode_png(example["mask_encoded"], channels=1)
             same = tf.reduce_all(tf.equal(tf.shape(mask)[:2], original))
-            check = tf.debugging.Assert(same, ["mask size differs from its image:", example["id"], example["mask_id"]])
-            with tf.control_dependencies([check]):
+            size_check = tf.debugging.Assert(same, ["mask size differs from its image:", example["id"],
+                                                    example["mask_id"]])
+            values = tf.cast(mask, tf.int32)
+            known = tf.reduce_all((values < mask_classes) | (values == ignore_value))
+            value_check = tf.debugging.Assert(known, [f"mask value not a class (0-{mask_classes - 1}) nor the "
+                                                      f"ignore value {ignore_value}:", tf.reduce_max(values),
+                                                      example["mask_id"], "of", example["id"]])
+            with tf.control_dependencies([size_check, value_check]):
                 out["mask"] = tf.identity(mask)
         return out
 

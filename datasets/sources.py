@@ -125,6 +125,7 @@ class Source:
     class_names: list[str]
     splits: dict[str, Split]
     notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # findings for --mode=inspect
+    mask_class_names: list[str] = dataclasses.field(default_factory=list)  # mask value i is class i; [] no masks
 
     @property
     def num_classes(self) -> int:
@@ -155,7 +156,7 @@ def shapes_source(directory: str) -> Source:
     with open(os.path.join(directory, "metadata.json")) as f:
         metadata = json.load(f)
     splits = {split: _read_shapes_split(directory, split) for split in ("train", "val")}
-    return Source("shapes", list(metadata["classes"]), splits)
+    return Source("shapes", list(metadata["classes"]), splits, mask_class_names=["background", *metadata["classes"]])
 
 
 def _list_class_folder(root: str, notes: dict[str, list[str]]) -> tuple[list[str], list[str], list[int]]:

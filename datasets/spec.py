@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from datasets import idx, shapes, sources, tfds_source, tfrecord
+from datasets import idx, mask_source, polygons, shapes, sources, tfds_source, tfrecord
 
-KINDS = ("shapes", "folder", "tfrecord", "tfds", "idx")
+KINDS = ("shapes", "folder", "tfrecord", "tfds", "idx", "masks", "labelme", "coco")
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -20,10 +20,17 @@ def parse(spec: str) -> tuple[str, str]:
 
 
 def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0, data_dir: str = "",
-         tfds_download: bool = False) -> sources.Source:
+         tfds_download: bool = False, mask_dirs: tuple[str, str] = ("images", "masks"),
+         mask_classes: list[str] | None = None, skip_bad_files: bool = False) -> sources.Source:
     """The source named by `spec`; `shapes` is generated under `cache_dir` on first use; `tfds` reads
-    `data_dir` and downloads only with `tfds_download`."""
+    `data_dir` and downloads only with `tfds_download`; `masks` pairs the `mask_dirs` folders."""
     kind, path = parse(spec)
+    if kind == "masks":
+        return mask_source.masks_source(path, *mask_dirs, mask_classes, val_fraction, seed, skip_bad_files)
+    if kind == "labelme":
+        return polygons.labelme_source(path, cache_dir, mask_classes, val_fraction, seed)
+    if kind == "coco":
+        return polygons.coco_source(path, cache_dir, val_fraction=val_fraction, seed=seed)
     if kind == "shapes":
         return sources.shapes_source(path or shapes.default_directory(cache_dir))
     if kind == "tfrecord":

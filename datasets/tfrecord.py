@@ -6,6 +6,8 @@ Each record is a `tf.train.Example` with the common feature keys (see BUILD.md):
     image/height, image/width  int64
     image/filename       bytes   the example's original path or id, for error messages
     image/class/label    int64   index into metadata.json's class_names
+    image/segmentation/class/encoded  bytes  the class-index PNG mask (sources with masks)
+    image/segmentation/class/format   bytes  "png"
 
 The converter writes DIR/{split}-{i:05d}-of-{n:05d}.tfrecord plus DIR/metadata.json (class names, per-shard
 counts, image sizes, mean record size), so training on the shards lists no directories and needs no
@@ -29,6 +31,7 @@ FEATURES = {
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
+MASK_FEATURES = {"image/segmentation/class/encoded": tf.io.FixedLenFeature([], tf.string)}
 
 
 @dataclasses.dataclass
@@ -38,6 +41,7 @@ class TFRecordSplit:
     files: list[str]
     counts: list[int]
     mean_record_bytes: int
+    has_masks: bool = False
 
     def __len__(self) -> int:
         return int(sum(self.counts))
@@ -46,7 +50,9 @@ class TFRecordSplit:
                 targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's share: whole shards per pipeline when there are enough of them (and
         training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
-        targets.require_none("TFRecord data")
+        if targets.max_boxes or (targets.masks and not self.has_masks):
+            Targets(masks=targets.masks and not self.has_masks, max_boxes=targets.max_boxes).require_none(
+                f"TFRecord data {os.path.dirname(self.files[0])}")
         pipelines, pipeline_id = context.num_input_pipelines, context.input_pipeline_id
         files = list(self.files)
         if shuffle:
@@ -66,13 +72,17 @@ class TFRecordSplit:
             ds = ds.shard(pipelines, pipeline_id)
         if shuffle:
             ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed)
-        return ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(lambda record: _parse(record, targets.masks), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _parse(serialized: tf.Tensor) -> dict:
-    features = tf.io.parse_single_example(serialized, FEATURES)
-    return {"encoded": features["image/encoded"], "label": tf.cast(features["image/class/label"], tf.int32),
-            "id": features["image/filename"]}
+def _parse(serialized: tf.Tensor, masks: bool) -> dict:
+    features = tf.io.parse_single_example(serialized, {**FEATURES, **(MASK_FEATURES if masks else {})})
+    record = {"encoded": features["image/encoded"], "label": tf.cast(features["image/class/label"], tf.int32),
+              "id": features["image/filename"]}
+    if masks:
+        record["mask_encoded"] = features["image/segmentation/class/encoded"]
+        record["mask_id"] = tf.strings.join([record["id"], " (its mask)"])
+    return record
 
 
 def tfrecord_source(directory: str) -> Source:
@@ -91,8 +101,10 @@ def tfrecord_source(directory: str) -> Source:
         missing = [file for file in files if not os.path.exists(file)]
         if missing:
             raise DataError(f"{directory}: shards listed in metadata.json are missing: {', '.join(missing[:5])}")
-        splits[name] = TFRecordSplit(files, info["counts"], info["mean_record_bytes"])
-    return Source(os.path.basename(os.path.normpath(directory)), metadata["class_names"], splits)
+        splits[name] = TFRecordSplit(files, info["counts"], info["mean_record_bytes"],
+                                     bool(metadata.get("mask_class_names")))
+    return Source(os.path.basename(os.path.normpath(directory)), metadata["class_names"], splits,
+                  mask_class_names=metadata.get("mask_class_names", []))
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
@@ -111,7 +123,10 @@ def _encoded_with_shape(record: dict) -> dict:
     else:
         image = record["image"]
         encoded = tf.io.encode_png(image)
-    return {"encoded": encoded, "label": record["label"], "id": record["id"], "shape": tf.shape(image)[:2]}
+    out = {"encoded": encoded, "label": record["label"], "id": record["id"], "shape": tf.shape(image)[:2]}
+    if "mask_encoded" in record:
+        out["mask_encoded"] = record["mask_encoded"]
+    return out
 
 
 def _format_of(encoded: bytes) -> bytes:
@@ -128,22 +143,29 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
     if num_shards < 1:
         raise DataError(f"--num_shards={num_shards} must be at least 1")
     os.makedirs(output, exist_ok=True)
-    metadata = {"format": FORMAT, "class_names": source.class_names, "splits": {}, "feature_keys": sorted(FEATURES)}
+    masks = bool(source.mask_class_names)
+    metadata = {"format": FORMAT, "class_names": source.class_names, "splits": {},
+                "feature_keys": sorted({**FEATURES, **(MASK_FEATURES if masks else {})}),
+                "mask_class_names": source.mask_class_names}
     heights, widths = [], []
     for name, split in source.splits.items():
         shards = min(num_shards, len(split))
         files = [f"{name}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
         writers = [tf.io.TFRecordWriter(os.path.join(output, file + ".tmp")) for file in files]
         counts, total_bytes = [0] * shards, 0
-        stream = split.records(tf.distribute.InputContext(), seed, shuffle=True).map(
+        stream = split.records(tf.distribute.InputContext(), seed, shuffle=True, targets=Targets(masks=masks)).map(
             _encoded_with_shape, num_parallel_calls=tf.data.AUTOTUNE)
         for index, record in enumerate(stream.as_numpy_iterator()):
             encoded = record["encoded"]
-            example = tf.train.Example(features=tf.train.Features(feature={
+            feature = {
                 "image/encoded": _bytes(encoded), "image/format": _bytes(_format_of(encoded)),
                 "image/height": _int(int(record["shape"][0])), "image/width": _int(int(record["shape"][1])),
                 "image/filename": _bytes(record["id"]), "image/class/label": _int(int(record["label"])),
-            })).SerializeToString()
+            }
+            if masks:
+                feature["image/segmentation/class/encoded"] = _bytes(record["mask_encoded"])
+                feature["image/segmentation/class/format"] = _bytes(b"png")
+            example = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
             writers[index % shards].write(example)
             counts[index % shards] += 1
             total_bytes += len(example)

@@ -42,3 +42,19 @@ class ThroughputLogger(keras.callbacks.Callback):
         """Median epoch throughput, leaving out the first epoch (tracing and compilation) when possible."""
         rates = self.epoch_rates[1:] or self.epoch_rates
         return float(np.median(rates)) if rates else None
+
+
+class MetricDetails(keras.callbacks.Callback):
+    """Adds the `details()` of metrics that have them (per-class IoU, pixel accuracy) to each epoch's logs,
+    as validation values ("val_" prefix) when the epoch was validated."""
+
+    def __init__(self, metrics: list):
+        super().__init__()
+        self.metrics = [m for m in metrics if hasattr(m, "details")]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        prefix = "val_" if "val_loss" in logs else ""
+        for metric in self.metrics:
+            logs.update({prefix + key: value for key, value in metric.details().items()})

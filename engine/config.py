@@ -18,21 +18,23 @@ class Config:
     task: str = "classification"
     dataset: str = "shapes"
     val_fraction: float = 0.2
+    mask_dirs: list[str] = dataclasses.field(default_factory=lambda: ["images", "masks"])
+    mask_classes: list[str] | None = None
     cache_dir: str = ""
     cache: str = "none"
     data_dir: str = ""
     tfds_download: bool = False
-    model: str = "small_cnn"
+    model: str | None = None  # None here and below: the task's default (engine/tasks.py TASK_DEFAULTS)
     weights: str = ""
     strategy: str = "default"
     cpu_replicas: int = 2
     tpu: str = ""
     batch_size: int = 64
     image_size: int = 64
-    epochs: int = 15
+    epochs: int | None = None
     train_steps: int = 0
     optimizer: str = "adamw"
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     weight_decay: float = 1e-4
     momentum: float = 0.9
     lr_schedule: str = "cosine"
@@ -55,6 +57,11 @@ class Config:
     mixup: float | None = None
     cutmix: float | None = None
     label_smoothing: float | None = None
+    min_scale: float | None = None
+    max_scale: float | None = None
+    ignore_value: int = 255
+    dice_weight: float | None = None
+    class_weights: list[str] | None = None
     preview_batches: int = 3
     verbose: int = 1
     resolved: dict = dataclasses.field(default_factory=dict)

@@ -7,12 +7,15 @@ way. Segmentation and detection join `TASKS` with their own classes.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from datasets import preview
 from datasets.augment import Augment
 from datasets.sources import Source
+from engine import segmentation_metrics
 from engine.config import Config, FlagError
-from models import classification
+from models import classification, segmentation
 
 
 def _given(value, default):
@@ -66,6 +69,10 @@ class ClassificationTask:
             metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
         return metrics
 
+    def summary(self, logs: dict) -> dict:
+        """Nothing beyond the epoch logs."""
+        return {}
+
     def model_io(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         """Maps a pipeline batch to what `Model.fit` consumes: (inputs, class probabilities[, sample weights])."""
         label = batch["label"]
@@ -76,10 +83,85 @@ class ClassificationTask:
         return batch["image"], label
 
 
-TASKS = {"classification": ClassificationTask}
+class SegmentationTask:
+    """Per-pixel labels from class-index masks: cross-entropy (+ Dice) over labelled pixels, mean IoU."""
+
+    name = "segmentation"
+    kind = "segmentation"
+    best_metric = "val_mean_iou"
+
+    def __init__(self, source: Source, config: Config):
+        if not source.mask_class_names:
+            raise FlagError(f"--task=segmentation needs masks; --dataset={config.dataset} has none")
+        self.class_names = source.mask_class_names
+        self.num_classes = len(self.class_names)
+        self.ignore_value = config.ignore_value
+        self.large_model = config.model in segmentation.LARGE
+        self.dice_weight = config.dice_weight or 0.0
+        self.class_weights = [float(w) for w in config.class_weights] if config.class_weights else None
+        if self.class_weights and len(self.class_weights) != self.num_classes:
+            raise FlagError(f"--class_weights has {len(self.class_weights)} values for {self.num_classes} "
+                            f"mask classes ({', '.join(self.class_names)})")
+
+    def augment(self, config: Config) -> Augment:
+        """Zoom 0.75-1.5 (0.5-2 for deeplabv3plus), shift, flip of image and mask; colour jitter 0.2."""
+        jitter = _given(config.color_jitter, 0.2)
+        return Augment(flip=config.flip, brightness=jitter, contrast=jitter, saturation=jitter,
+                       hue=_given(config.hue, 0.0),
+                       scale=(_given(config.min_scale, 0.5 if self.large_model else 0.75),
+                              _given(config.max_scale, 2.0 if self.large_model else 1.5)))
+
+    def build_model(self, model_name: str, image_size: int, weights: str | None = None) -> keras.Model:
+        """The segmentation model `model_name` with one logit per mask class."""
+        return segmentation.build_segmenter(model_name, self.num_classes, image_size, weights or None)
+
+    def loss(self) -> keras.losses.Loss:
+        """Cross-entropy over labelled pixels (+ Dice), per-class weighted."""
+        return segmentation_metrics.SegmentationLoss(self.num_classes, self.dice_weight, self.class_weights)
+
+    def metrics(self) -> list[keras.metrics.Metric]:
+        """Mean IoU over the whole split (its `details()`: per-class IoU, pixel accuracy); call in the
+        strategy's scope."""
+        return [segmentation_metrics.ConfusionMatrix(self.num_classes, self.class_names)]
+
+    def summary(self, logs: dict) -> dict:
+        """`val_per_class_iou` {class: IoU} from the last epoch's logs."""
+        return {"val_per_class_iou": {name: logs.get(f"val_iou_{name}") for name in self.class_names}}
+
+    def draw(self, batch: dict, logits: np.ndarray) -> np.ndarray:
+        """Validation images tinted by their true mask (left) and by the predicted one (right)."""
+        predicted = {"image": batch["image"], "mask": np.argmax(logits, axis=-1)[..., None].astype(np.uint8)}
+        return np.concatenate([preview.draw(batch, self.ignore_value), preview.draw(predicted, self.ignore_value)],
+                              axis=2)
+
+    def model_io(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        """(image, packed target): class index and pixel weight, 0 for ignored pixels and padding examples."""
+        mask = tf.cast(batch["mask"][..., 0], tf.int32)
+        counted = mask != self.ignore_value  # the pipeline stops at any other value >= num_classes
+        weight = tf.cast(counted, tf.float32)
+        if "weight" in batch:
+            weight *= batch["weight"][:, None, None]
+        label = tf.cast(tf.where(counted, mask, 0), tf.float32)
+        return batch["image"], tf.stack([label, weight], axis=-1)
 
 
-def make_task(config: Config, source: Source) -> ClassificationTask:
+TASKS = {"classification": ClassificationTask, "segmentation": SegmentationTask}
+# Flags left unset take these per-task values (segmentation's measured on the shapes default: with Dice and
+# 3e-3 the U-Net passes 0.85 mean IoU at epoch 11, without them it learns two shapes in the same time).
+TASK_DEFAULTS = {
+    "classification": {"model": "small_cnn", "epochs": 15, "learning_rate": 1e-3},
+    "segmentation": {"model": "unet", "epochs": 20, "learning_rate": 3e-3, "dice_weight": 1.0},
+}
+
+
+def fill_defaults(config: Config) -> None:
+    """Sets the flags left unset (None) to the task's defaults."""
+    for field, value in TASK_DEFAULTS.get(config.task, {}).items():
+        if getattr(config, field) is None:
+            setattr(config, field, value)
+
+
+def make_task(config: Config, source: Source) -> ClassificationTask | SegmentationTask:
     """The task `config.task` for the classes of `source`."""
     if config.task not in TASKS:
         raise FlagError(f"--task={config.task} is unknown; choose one of {', '.join(TASKS)}")

@@ -23,8 +23,10 @@ import json
 import math
 import os
 import time
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from datasets import pipeline, tfrecord, validate
@@ -69,8 +71,8 @@ def _pipeline_config(config: Config, task, training: bool) -> pipeline.PipelineC
     return pipeline.PipelineConfig(
         image_size=config.image_size, global_batch_size=config.batch_size, training=training,
         seed=config.seed, deterministic=config.deterministic, kind=task.kind,
-        augment=task.augment(config) if training else Augment(), cache=config.cache,
-        cache_name="train" if training else "val")
+        augment=task.augment(config) if training else Augment(), ignore_value=config.ignore_value,
+        mask_classes=task.num_classes, cache=config.cache, cache_name="train" if training else "val")
 
 
 def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
@@ -96,12 +98,14 @@ def _last_row(history_csv: str) -> dict:
 
 
 def _callbacks(config: Config, task, model_dir: str, is_chief: bool, worker: int,
-               throughput: engine_callbacks.ThroughputLogger, validate: bool) -> list[keras.callbacks.Callback]:
+               throughput: engine_callbacks.ThroughputLogger, validate: bool, metrics: list
+               ) -> list[keras.callbacks.Callback]:
     # Non-chief workers keep their own backup (every worker must restore) and write nothing else.
     backup_dir = os.path.join(model_dir, "backup") if is_chief else os.path.join(
         model_dir, "workers", f"worker-{worker}", "backup")
     result = [
         throughput,  # first: adds throughput and learning rate to the logs the callbacks below read
+        engine_callbacks.MetricDetails(metrics),  # per-class values of metrics that have them
         keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", double_checkpoint=True,
                                          delete_checkpoint=False),
     ]
@@ -138,11 +142,12 @@ class Job:
 
     config: Config
     strategy: tf.distribute.Strategy
-    task: tasks.ClassificationTask
+    task: tasks.ClassificationTask | tasks.SegmentationTask
     plan: StepPlan
     is_chief: bool
     worker: int
     source: Source
+    metrics: list = dataclasses.field(default_factory=list)  # the compiled metric objects (build_model)
 
     @property
     def train_split(self) -> Split:
@@ -160,10 +165,18 @@ class Job:
         return self.config.model_dir
 
 
+def _source_of(config: Config) -> Source:
+    """The `--dataset` source as listed (nothing decoded)."""
+    if len(config.mask_dirs) != 2:
+        raise FlagError(f"--mask_dirs={','.join(config.mask_dirs)} must name two folders: IMAGES,MASKS")
+    return dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
+                             config.seed, config.data_dir, config.tfds_download, tuple(config.mask_dirs),
+                             config.mask_classes, config.skip_bad_files)
+
+
 def _load_source(config: Config) -> Source:
     """The `--dataset` source; with `--skip_bad_files`, minus the files that do not decode (logged)."""
-    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
-                               config.seed, config.data_dir, config.tfds_download)
+    source = _source_of(config)
     if config.skip_bad_files:
         for split, bad in validate.drop_bad_files(source).items():
             print(f"[data] --skip_bad_files: {len(bad)} bad files left out of {split}"
@@ -199,6 +212,7 @@ def prepare(config: Config) -> Job:
         pipeline.validate_cache(config.cache)
     except ValueError as error:
         raise FlagError(str(error)) from error
+    tasks.fill_defaults(config)
     strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
     devices.check_batch_size(config.batch_size, strategy)
     keras_patches.patch_for(strategy)
@@ -237,11 +251,12 @@ def build_model(job: Job) -> keras.Model:
     config, plan = job.config, job.plan
     with job.strategy.scope():
         model = job.task.build_model(config.model, config.image_size, config.weights)
+        job.metrics = job.task.metrics()
         schedule = optim.learning_rate_schedule(config.learning_rate, config.lr_schedule,
                                                 round(config.warmup_epochs * plan.steps_per_epoch), plan.total_steps)
         model.compile(optimizer=optim.build_optimizer(config.optimizer, schedule, config.weight_decay,
                                                       config.momentum),
-                      loss=job.task.loss(), weighted_metrics=job.task.metrics(),
+                      loss=job.task.loss(), weighted_metrics=job.metrics,
                       jit_compile=config.resolved["jit_compile"], steps_per_execution=config.steps_per_execution)
     return model
 
@@ -278,8 +293,7 @@ def convert(config: Config) -> dict:
 
 def inspect(config: Config) -> dict:
     """`--mode=inspect`: prints and writes (to --model_dir/inspect.json) a report on `--dataset`."""
-    source = dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
-                               config.seed, config.data_dir, config.tfds_download)
+    source = _source_of(config)
     report = validate.inspect(source)
     model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(model_dir, exist_ok=True)
@@ -319,6 +333,29 @@ def preview(job: Job) -> list[str]:
     return paths
 
 
+@contextlib.contextmanager
+def _quiet_end_of_evaluation():
+    """Silences Keras' "input ran out of data" warning: evaluation datasets end after one pass by design
+    (training datasets repeat forever, so the warning cannot hide a training problem)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
+
+
+def _fit(job: Job, model: keras.Model, throughput: engine_callbacks.ThroughputLogger, validate: bool) -> None:
+    config = job.config
+    model.fit(
+        _distributed(job.strategy, job.train_split, job.task, config, training=True),
+        epochs=job.plan.epochs, steps_per_epoch=job.plan.steps_per_epoch,
+        validation_data=_distributed(job.strategy, job.val_split, job.task, config, training=False)
+        if validate else None,
+        # No validation_steps: the evaluation dataset ends after one pass (see pipeline.build_dataset).
+        callbacks=_callbacks(config, job.task, job.model_dir, job.is_chief, job.worker, throughput, validate,
+                             job.metrics),
+        verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
+    )
+
+
 def train(job: Job, model: keras.Model, started: float) -> dict:
     """Fits `model` (resuming from the run directory's backup) and writes final.keras and summary.json."""
     config = job.config
@@ -327,17 +364,11 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
     throughput = engine_callbacks.ThroughputLogger(config.batch_size)
     validate = config.mode == "train_and_eval"
     history_csv = os.path.join(job.model_dir, "history.csv")
-    model.fit(
-        _distributed(job.strategy, job.train_split, job.task, config, training=True),
-        epochs=job.plan.epochs, steps_per_epoch=job.plan.steps_per_epoch,
-        validation_data=_distributed(job.strategy, job.val_split, job.task, config, training=False)
-        if validate else None,
-        validation_steps=pipeline.eval_steps(len(job.val_split), config.batch_size) if validate else None,
-        callbacks=_callbacks(config, job.task, job.model_dir, job.is_chief, job.worker, throughput, validate),
-        verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
-    )
+    with _quiet_end_of_evaluation():
+        _fit(job, model, throughput, validate)
+    last_row = _last_row(history_csv)
     summary = {
-        **_last_row(history_csv),
+        **last_row, **job.task.summary(last_row),
         "best_metric": job.task.best_metric if validate else "loss",
         "best_value": _best_so_far(history_csv, job.task.best_metric) if validate else None,
         "epochs": job.plan.epochs, "wall_time_seconds": time.perf_counter() - started,
@@ -346,10 +377,31 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
                                           "num_train", "num_val")},
     }
     if job.is_chief:
+        if validate:
+            write_overlays(job, model)
         model.save(os.path.join(job.model_dir, "final.keras"))
         with open(os.path.join(job.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def write_overlays(job: Job, model: keras.Model, count: int = 8) -> str | None:
+    """Draws the task's predictions on the first `count` validation images into RUN/overlays/val.png and
+    TensorBoard (tensorboard/overlays); tasks without `draw` have none."""
+    if not hasattr(job.task, "draw"):
+        return None
+    config = _pipeline_config(job.config, job.task, training=False)
+    batch = next(pipeline.build_dataset(job.val_split, config).as_numpy_iterator())
+    batch = {k: v[:count] for k, v in batch.items()}
+    logits = np.asarray(model(batch["image"], training=False))  # (predict_on_batch under mirrored returned
+    picture = preview_images.grid(job.task.draw(batch, logits), columns=2)  # twice the rows: measured)
+    path = os.path.join(job.model_dir, "overlays", "val.png")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_png(picture))
+    with tf.summary.create_file_writer(os.path.join(job.model_dir, "tensorboard", "overlays")).as_default():
+        tf.summary.image("val_predictions", picture[None], step=0,
+                         description="Validation images: true labels left, predictions right")
+    return path
 
 
 def evaluate(job: Job, model: keras.Model) -> dict:
@@ -362,10 +414,18 @@ def evaluate(job: Job, model: keras.Model) -> dict:
                         f"(looked for {', '.join(candidates)})")
     model.load_weights(weights)
     val_data = _distributed(job.strategy, job.val_split, job.task, job.config, training=False)
-    metrics = model.evaluate(val_data, steps=pipeline.eval_steps(len(job.val_split), job.config.batch_size),
-                             verbose=job.config.verbose, return_dict=True)
+    with _quiet_end_of_evaluation():
+        metrics = model.evaluate(val_data, verbose=job.config.verbose, return_dict=True)
     metrics = {f"val_{k}": float(v) for k, v in metrics.items()} | {"weights": weights}
-    print("[engine] eval " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k != "weights"))
+    for metric in job.metrics:
+        metrics.update({f"val_{k}": v for k, v in getattr(metric, "details", dict)().items()})
+    metrics.update(job.task.summary(metrics))
+    print("[engine] eval " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    if "val_per_class_iou" in metrics:
+        print("[engine] per-class IoU:\n" + "\n".join(f"    {name:24s} {iou:.4f}"
+                                                       for name, iou in metrics["val_per_class_iou"].items()))
+    if job.is_chief:
+        write_overlays(job, model)
     if job.is_chief:
         with open(os.path.join(job.model_dir, "eval.json"), "w") as f:
             json.dump(metrics, f, indent=2)

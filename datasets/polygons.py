@@ -1,0 +1,139 @@
+"""Polygon annotations to class-index masks: `labelme:DIR` (labelme JSON) and `coco:ANNOTATIONS.json`.
+
+Masks are rasterised once, when the source is first read, into PNG files in a cache folder keyed by the
+annotation file's path, size and modification time; the pipeline then reads them like any mask folder.
+Pixels of no polygon are background (class 0); later polygons paint over earlier ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from datasets.sources import DataError, Examples, Source
+
+
+def rasterise(polygons: list[tuple[int, np.ndarray]], height: int, width: int) -> np.ndarray:
+    """A uint8 [height, width] mask: each (class, [n, 2] x/y points) polygon fills the pixels whose centres
+    it contains (even-odd rule), in order."""
+    mask = np.zeros((height, width), np.uint8)
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5
+    for class_id, points in polygons:
+        points = np.asarray(points, np.float64).reshape(-1, 2)
+        if len(points) < 3:
+            continue
+        inside = np.zeros((height, width), bool)
+        for (x0, y0), (x1, y1) in zip(points, np.roll(points, -1, axis=0)):
+            if y0 == y1:
+                continue
+            crosses = (ys >= min(y0, y1)) & (ys < max(y0, y1))
+            x_at_y = x0 + (ys - y0) * (x1 - x0) / (y1 - y0)
+            inside ^= crosses & (xs < x_at_y)
+        mask[inside] = class_id
+    return mask
+
+
+def _cache_folder(annotations: str, cache_dir: str) -> str:
+    stat = os.stat(annotations)
+    key = hashlib.sha1(f"{os.path.abspath(annotations)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return os.path.join(cache_dir, "masks", key[:16])
+
+
+def _write_masks(folder: str, masks: dict[str, callable]) -> dict[str, str]:
+    """Writes each not yet written mask (name -> function making it) as folder/name.png; returns the paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for name, make in masks.items():
+        path = os.path.join(folder, f"{name}.png")
+        if not os.path.exists(path):
+            tf.io.write_file(path + ".tmp", tf.io.encode_png(make()[..., None]))
+            os.replace(path + ".tmp", path)
+        paths[name] = path
+    return paths
+
+
+def _split(paths: list[str], masks: list[str], names: list[str], source: str, val_fraction: float, seed: int
+           ) -> Source:
+    if len(paths) < 2:
+        raise DataError(f"{source}: {len(paths)} annotated images; need at least 2 (train and val)")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    num_val = min(max(1, round(len(paths) * val_fraction)), len(paths) - 1)
+    splits = {}
+    for split, chosen in (("val", sorted(order[:num_val])), ("train", sorted(order[num_val:]))):
+        splits[split] = Examples([paths[i] for i in chosen], [0] * len(chosen), [masks[i] for i in chosen])
+    return Source(source, names[1:], splits, mask_class_names=names)
+
+
+def labelme_source(directory: str, cache_dir: str, class_names: list[str] | None = None,
+                   val_fraction: float = 0.2, seed: int = 0) -> Source:
+    """labelme JSON files in `directory` (polygons and rectangles; `imagePath` relative to the JSON). Class 0
+    is background; the others are `class_names` (a flag or `directory`/classes.txt) or, without either,
+    the labels found, sorted. A label outside `class_names` stops the run naming the file."""
+    files = sorted(f for f in os.listdir(directory) if f.lower().endswith(".json"))
+    if not files:
+        raise DataError(f"{directory}: no labelme .json files")
+    documents = {}
+    for file in files:
+        with open(os.path.join(directory, file)) as f:
+            documents[file] = json.load(f)
+    listed = os.path.join(directory, "classes.txt")
+    if not class_names and os.path.exists(listed):
+        with open(listed) as f:
+            class_names = [line.strip() for line in f if line.strip()]
+    labels = sorted({shape["label"] for doc in documents.values() for shape in doc.get("shapes", [])})
+    names = ["background", *(class_names or labels)]
+    index = {name: i for i, name in enumerate(names)}
+    images, makers = [], {}
+    for file, doc in documents.items():
+        unknown = sorted({shape["label"] for shape in doc.get("shapes", [])} - index.keys())
+        if unknown:
+            raise DataError(f"{os.path.join(directory, file)}: labels {unknown} are not among {names[1:]}")
+        image = os.path.normpath(os.path.join(directory, doc["imagePath"]))
+        if not os.path.exists(image):
+            raise DataError(f"{os.path.join(directory, file)}: its image {image} does not exist")
+        polygons = []
+        for shape in doc.get("shapes", []):
+            points = np.asarray(shape["points"], np.float64)
+            if shape.get("shape_type", "polygon") == "rectangle":
+                (x0, y0), (x1, y1) = points[:2]
+                points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+            polygons.append((index[shape["label"]], points))
+        images.append(image)
+        makers[os.path.splitext(file)[0]] = (lambda p=polygons, d=doc: rasterise(p, d["imageHeight"], d["imageWidth"]))
+    folder = _cache_folder(os.path.join(directory, files[0]), cache_dir) + f"-{len(files)}"
+    masks = _write_masks(folder, makers)
+    return _split(images, [masks[os.path.splitext(f)[0]] for f in files], names, f"labelme:{directory}",
+                  val_fraction, seed)
+
+
+def coco_source(annotations: str, cache_dir: str, image_dir: str = "", val_fraction: float = 0.2,
+                seed: int = 0) -> Source:
+    """A COCO instances file: polygons and RLE of every annotation painted as its category (pycocotools),
+    class 0 background, categories in id order. Images come from `image_dir` (default: beside the JSON)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO(annotations)
+    categories = sorted(coco.getCatIds())
+    names = ["background", *(coco.loadCats(i)[0]["name"] for i in categories)]
+    index = {category: i + 1 for i, category in enumerate(categories)}
+    image_dir = image_dir or os.path.dirname(annotations)
+    images, makers = [], {}
+    for info in coco.loadImgs(sorted(coco.getImgIds())):
+        path = os.path.join(image_dir, info["file_name"])
+        if not os.path.exists(path):
+            raise DataError(f"{annotations}: image {path} (id {info['id']}) does not exist")
+
+        def make(info=info) -> np.ndarray:
+            mask = np.zeros((info["height"], info["width"]), np.uint8)
+            for annotation in coco.loadAnns(coco.getAnnIds(imgIds=info["id"], iscrowd=None)):
+                mask[coco.annToMask(annotation) > 0] = index[annotation["category_id"]]
+            return mask
+
+        images.append(path)
+        makers[str(info["id"])] = make
+    masks = _write_masks(_cache_folder(annotations, cache_dir), makers)
+    return _split(images, list(masks.values()), names, f"coco:{annotations}", val_fraction, seed)
