@@ -250,7 +250,10 @@ def build_model(job: Job) -> keras.Model:
     """The task's model, compiled under the strategy with the optimizer, schedule and numerics of `job`."""
     config, plan = job.config, job.plan
     with job.strategy.scope():
-        model = job.task.build_model(config.model, config.image_size, config.weights)
+        try:
+            model = job.task.build_model(config.model, config.image_size, config.weights)
+        except ValueError as error:  # a model name or size the task's builders refuse, named in the message
+            raise FlagError(str(error)) from error
         job.metrics = job.task.metrics()
         schedule = optim.learning_rate_schedule(config.learning_rate, config.lr_schedule,
                                                 round(config.warmup_epochs * plan.steps_per_epoch), plan.total_steps)

@@ -130,6 +130,8 @@ def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
     (["--mode=eval"], "--mode=eval needs --model_dir"),
     (["--cache=ram"], "--cache=ram is not one of"),
     (["--mode=convert"], "--mode=convert needs --output"),
+    (["--task=segmentation", "--model=small_cnn"], "--model=small_cnn is not a segmentation model"),
+    (["--task=segmentation", "--image_size=40"], "--image_size=40 must be a multiple of 16"),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(flags, message, tiny_shapes):
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--epochs=1", *flags)
