@@ -16,18 +16,6 @@ MIN_BOX_SIDE = 2.0  # pixels: narrower boxes are degenerate and dropped
 MIN_VISIBLE = 0.1  # boxes keeping less than this fraction of their area inside the window are dropped
 
 
-def identity(batch: int) -> tf.Tensor:
-    """The [batch, 4] identity affine."""
-    return tf.tile(tf.constant([[1.0, 1.0, 0.0, 0.0]]), [batch, 1])
-
-
-def compose(outer: tf.Tensor, inner: tf.Tensor) -> tf.Tensor:
-    """The affine applying `inner`, then `outer`."""
-    osx, osy, otx, oty = tf.unstack(outer, axis=1)
-    isx, isy, itx, ity = tf.unstack(inner, axis=1)
-    return tf.stack([osx * isx, osy * isy, osx * itx + otx, osy * ity + oty], axis=1)
-
-
 def project(images: tf.Tensor, transforms: tf.Tensor, size: int, fill_value: float, nearest: bool = False
             ) -> tf.Tensor:
     """Resamples [B, H, W, C] into [B, size, size, C]; `transforms` [B, 8] map each output pixel-centre index
