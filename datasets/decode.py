@@ -89,8 +89,8 @@ def _decode_at_least(encoded: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tenso
 
 def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", no smaller than a `size` letterbox needs (see
-    `_decode_at_least`), with "image_size" [h, w] of the original, and "mask_encoded" (a class-index PNG), if
-    present, into "mask" [h, w, 1]. A mask whose size differs from its image's, or with a value that is
+    `_decode_at_least`), with "image_size" [h, w] of the original (and "boxes" in its pixels), and
+    "mask_encoded" (a class-index PNG), if present, into "mask" [h, w, 1]. A mask whose size differs from its image's, or with a value that is
     neither a class (< mask_classes) nor `ignore_value`, stops the run naming both files."""
 
     def apply(example: dict) -> dict:
@@ -101,6 +101,11 @@ def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255)
             original = tf.shape(image)[:2]
         out = {k: v for k, v in _without_encoded(example, image).items() if k not in ("mask_encoded", "mask_id")}
         out["image_size"] = original
+        if "boxes_normalised" in example:  # fractions of the image (YOLO labels) to pixels
+            height, width = tf.unstack(tf.cast(original, tf.float32))
+            out["boxes"] = tf.where(example["boxes_normalised"], example["boxes"] * tf.stack([width, height] * 2),
+                                    example["boxes"])
+            del out["boxes_normalised"]
         if "mask_encoded" in example:
             mask = tf.io.decode_png(example["mask_encoded"], channels=1)
             same = tf.reduce_all(tf.equal(tf.shape(mask)[:2], original))

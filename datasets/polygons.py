@@ -1,4 +1,5 @@
-"""Polygon annotations to class-index masks: `labelme:DIR` (labelme JSON) and `coco:ANNOTATIONS.json`.
+"""Polygon annotations to class-index masks: `labelme:DIR` (labelme JSON) and `coco:ANNOTATIONS.json` (which
+also carries the boxes of its annotations).
 
 Masks are rasterised once, when the source is first read, into PNG files in a cache folder keyed by the
 annotation file's path, size and modification time; the pipeline then reads them like any mask folder.
@@ -14,6 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from datasets.box_sources import PIXEL_SLACK, BadLabels, Box, box_arrays, seeded_split
 from datasets.sources import DataError, Examples, Source
 
 
@@ -56,18 +58,6 @@ def _write_masks(folder: str, masks: dict[str, callable]) -> dict[str, str]:
     return paths
 
 
-def _split(paths: list[str], masks: list[str], names: list[str], source: str, val_fraction: float, seed: int
-           ) -> Source:
-    if len(paths) < 2:
-        raise DataError(f"{source}: {len(paths)} annotated images; need at least 2 (train and val)")
-    order = np.random.default_rng(seed).permutation(len(paths))
-    num_val = min(max(1, round(len(paths) * val_fraction)), len(paths) - 1)
-    splits = {}
-    for split, chosen in (("val", sorted(order[:num_val])), ("train", sorted(order[num_val:]))):
-        splits[split] = Examples([paths[i] for i in chosen], [0] * len(chosen), [masks[i] for i in chosen])
-    return Source(source, names[1:], splits, mask_class_names=names)
-
-
 def labelme_source(directory: str, cache_dir: str, class_names: list[str] | None = None,
                    val_fraction: float = 0.2, seed: int = 0) -> Source:
     """labelme JSON files in `directory` (polygons and rectangles; `imagePath` relative to the JSON). Class 0
@@ -106,34 +96,69 @@ def labelme_source(directory: str, cache_dir: str, class_names: list[str] | None
         makers[os.path.splitext(file)[0]] = (lambda p=polygons, d=doc: rasterise(p, d["imageHeight"], d["imageWidth"]))
     folder = _cache_folder(os.path.join(directory, files[0]), cache_dir) + f"-{len(files)}"
     masks = _write_masks(folder, makers)
-    return _split(images, [masks[os.path.splitext(f)[0]] for f in files], names, f"labelme:{directory}",
-                  val_fraction, seed)
+    source = f"labelme:{directory}"
+    examples = Examples(images, [0] * len(images), [masks[os.path.splitext(f)[0]] for f in files])
+    return Source(source, names[1:], seeded_split(examples, val_fraction, seed, source), mask_class_names=names)
+
+
+def _coco_boxes(coco, info: dict, index: dict[int, int], annotations: str, bad: BadLabels
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The x0, y0, x1, y1 pixel boxes and classes (`index`: category id -> class) of one image's non-crowd
+    annotations; bad ones go to `bad`."""
+    boxes = []
+    for annotation in coco.loadAnns(coco.getAnnIds(imgIds=info["id"], iscrowd=None)):
+        if annotation.get("iscrowd", 0):
+            continue
+        where = f"{annotations} annotation {annotation.get('id')} (image {info['file_name']})"
+        bbox = annotation.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            bad.drop_box(where, f"bbox {bbox!r} is not [x, y, width, height]")
+            continue
+        x, y, w, h = bbox
+        corners = bad.checked(where, [x, y, x + w, y + h], info["width"], info["height"], PIXEL_SLACK)
+        if corners is not None:
+            boxes.append(Box(where, annotation["category_id"], corners))
+    return box_arrays(boxes, index, bad)
 
 
 def coco_source(annotations: str, cache_dir: str, image_dir: str = "", val_fraction: float = 0.2,
-                seed: int = 0) -> Source:
+                seed: int = 0, skip_bad_labels: bool = False) -> Source:
     """A COCO instances file: polygons and RLE of every annotation painted as its category (pycocotools),
-    class 0 background, categories in id order. Images come from `image_dir` (default: beside the JSON)."""
+    class 0 background, categories in id order; and the boxes (`bbox`) of its non-crowd annotations, box class
+    i the i-th category. Images come from `image_dir` (default: beside the JSON). Bad boxes and missing images
+    stop the run, or with `skip_bad_labels` are dropped and listed (`datasets/box_sources.py`)."""
     from pycocotools.coco import COCO
 
     coco = COCO(annotations)
     categories = sorted(coco.getCatIds())
     names = ["background", *(coco.loadCats(i)[0]["name"] for i in categories)]
-    index = {category: i + 1 for i, category in enumerate(categories)}
+    index = {category: i + 1 for i, category in enumerate(categories)}  # mask values: 0 is background
+    box_index = {category: i for i, category in enumerate(categories)}
     image_dir = image_dir or os.path.dirname(annotations)
-    images, makers = [], {}
+    bad = BadLabels(skip_bad_labels)
+    images, makers, boxes = [], {}, []
     for info in coco.loadImgs(sorted(coco.getImgIds())):
         path = os.path.join(image_dir, info["file_name"])
         if not os.path.exists(path):
-            raise DataError(f"{annotations}: image {path} (id {info['id']}) does not exist")
+            bad.drop_label_file(f"{annotations} image id {info['id']}", f"its image {path} does not exist")
+            continue
 
         def make(info=info) -> np.ndarray:
             mask = np.zeros((info["height"], info["width"]), np.uint8)
             for annotation in coco.loadAnns(coco.getAnnIds(imgIds=info["id"], iscrowd=None)):
-                mask[coco.annToMask(annotation) > 0] = index[annotation["category_id"]]
+                if annotation["category_id"] in index:
+                    mask[coco.annToMask(annotation) > 0] = index[annotation["category_id"]]
             return mask
 
         images.append(path)
         makers[str(info["id"])] = make
+        boxes.append(_coco_boxes(coco, info, box_index, annotations, bad))
+        if not coco.getAnnIds(imgIds=info["id"], iscrowd=None):
+            bad.notes["images_without_labels"].append(path)
     masks = _write_masks(_cache_folder(annotations, cache_dir), makers)
-    return _split(images, list(masks.values()), names, f"coco:{annotations}", val_fraction, seed)
+    examples = Examples(images, [0] * len(images), list(masks.values()), boxes=[b for b, _ in boxes],
+                        box_classes=[c for _, c in boxes])
+    source = f"coco:{annotations}"
+    bad.warn(source)
+    return Source(source, names[1:], seeded_split(examples, val_fraction, seed, source), bad.notes,
+                  mask_class_names=names, box_class_names=names[1:])

@@ -3,8 +3,8 @@
 A source has splits. Every split knows its size and yields, for one input pipeline, one epoch of records:
 dicts with "encoded" (image file bytes) or "image" (uint8 pixels), "label" (int32) and "id" (a string that
 names the example in errors: its path, or its file and index). Asked for more `Targets`, a split adds
-"mask_encoded" (a class-index PNG) and "boxes" (float32 [max_boxes, 4], x0 y0 x1 y1 pixels) with "classes"
-(int32 [max_boxes], -1 for padding). The streaming pipeline
+"mask_encoded" (a class-index PNG) and "boxes" (float32 [max_boxes, 4], x0 y0 x1 y1 pixels, or fractions of
+the image with "boxes_normalised") with "classes" (int32 [max_boxes], -1 for padding). The streaming pipeline
 (`datasets/pipeline.py`) decodes, caches, augments and batches them, the same way for every source.
 """
 
@@ -51,7 +51,7 @@ class Targets:
     def require_none(self, source: str) -> None:
         """Raises DataError when masks or boxes are asked of a `source` that has none."""
         if self.masks or self.max_boxes:
-            raise DataError(f"{source} has image-level labels only; masks and boxes come from shapes data")
+            raise DataError(f"{source} has no {'masks' if self.masks else 'boxes'}")
 
 
 @dataclasses.dataclass
@@ -63,6 +63,7 @@ class Examples:
     mask_paths: list[str] | None = None
     boxes: list[np.ndarray] | None = None  # per image: float32 [n, 4] x0, y0, x1, y1 in pixels
     box_classes: list[np.ndarray] | None = None  # per image: int32 [n]
+    boxes_normalised: bool = False  # boxes are fractions of the image size (YOLO labels): decoding scales them
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,6 +82,8 @@ class Examples:
         if targets.max_boxes:
             boxes, classes = self.padded_boxes(targets.max_boxes)
             table["boxes"], table["classes"] = boxes[order], classes[order]
+            if self.boxes_normalised:
+                table["boxes_normalised"] = np.ones(len(self), bool)
         ds = tf.data.Dataset.from_tensor_slices(table)
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
@@ -126,6 +129,8 @@ class Source:
     splits: dict[str, Split]
     notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # findings for --mode=inspect
     mask_class_names: list[str] = dataclasses.field(default_factory=list)  # mask value i is class i; [] no masks
+    box_class_names: list[str] = dataclasses.field(default_factory=list)  # box class i; [] no boxes
+    image_labels: bool = True  # False: "label" means nothing (detection-only data such as VOC or YOLO labels)
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +161,8 @@ def shapes_source(directory: str) -> Source:
     with open(os.path.join(directory, "metadata.json")) as f:
         metadata = json.load(f)
     splits = {split: _read_shapes_split(directory, split) for split in ("train", "val")}
-    return Source("shapes", list(metadata["classes"]), splits, mask_class_names=["background", *metadata["classes"]])
+    return Source("shapes", list(metadata["classes"]), splits, mask_class_names=["background", *metadata["classes"]],
+                  box_class_names=list(metadata["classes"]))
 
 
 def _list_class_folder(root: str, notes: dict[str, list[str]]) -> tuple[list[str], list[str], list[int]]:

@@ -1,12 +1,17 @@
-"""`--dataset=KIND[:PATH]`: parses the spec and loads the source it names."""
+"""`--dataset=KIND[:PATH]`: parses the spec and loads the source it names.
+
+Kinds: `shapes[:DIR]`, `folder:DIR` (a folder per class), `tfrecord:DIR` (the converter's shards), `tfds:NAME`,
+`idx:DIR` (MNIST files), `masks:DIR`, `labelme:DIR` and `coco:ANNOTATIONS.json` (masks; COCO boxes too), and
+the detection labels `yolo:DATA.yaml` or `yolo:DIR` (YOLO txt) and `voc:DIR` (Pascal VOC XML).
+"""
 
 from __future__ import annotations
 
 import os
 
-from datasets import idx, mask_source, polygons, shapes, sources, tfds_source, tfrecord
+from datasets import box_sources, idx, mask_source, polygons, shapes, sources, tfds_source, tfrecord
 
-KINDS = ("shapes", "folder", "tfrecord", "tfds", "idx", "masks", "labelme", "coco")
+KINDS = ("shapes", "folder", "tfrecord", "tfds", "idx", "masks", "labelme", "coco", "yolo", "voc")
 
 
 def parse(spec: str) -> tuple[str, str]:
@@ -21,16 +26,23 @@ def parse(spec: str) -> tuple[str, str]:
 
 def load(spec: str, cache_dir: str, val_fraction: float = 0.2, seed: int = 0, data_dir: str = "",
          tfds_download: bool = False, mask_dirs: tuple[str, str] = ("images", "masks"),
-         mask_classes: list[str] | None = None, skip_bad_files: bool = False) -> sources.Source:
+         mask_classes: list[str] | None = None, skip_bad_files: bool = False,
+         skip_bad_labels: bool = False) -> sources.Source:
     """The source named by `spec`; `shapes` is generated under `cache_dir` on first use; `tfds` reads
-    `data_dir` and downloads only with `tfds_download`; `masks` pairs the `mask_dirs` folders."""
+    `data_dir` and downloads only with `tfds_download`; `masks` pairs the `mask_dirs` folders; `yolo`, `voc`
+    and `coco` drop bad boxes with `skip_bad_labels` (else they stop the run)."""
     kind, path = parse(spec)
     if kind == "masks":
         return mask_source.masks_source(path, *mask_dirs, mask_classes, val_fraction, seed, skip_bad_files)
     if kind == "labelme":
         return polygons.labelme_source(path, cache_dir, mask_classes, val_fraction, seed)
     if kind == "coco":
-        return polygons.coco_source(path, cache_dir, val_fraction=val_fraction, seed=seed)
+        return polygons.coco_source(path, cache_dir, val_fraction=val_fraction, seed=seed,
+                                    skip_bad_labels=skip_bad_labels)
+    if kind == "yolo":
+        return box_sources.yolo_source(path, skip_bad_labels)
+    if kind == "voc":
+        return box_sources.voc_source(path, skip_bad_labels, val_fraction=val_fraction, seed=seed)
     if kind == "shapes":
         return sources.shapes_source(path or shapes.default_directory(cache_dir))
     if kind == "tfrecord":

@@ -8,10 +8,13 @@ Each record is a `tf.train.Example` with the common feature keys (see BUILD.md):
     image/class/label    int64   index into metadata.json's class_names
     image/segmentation/class/encoded  bytes  the class-index PNG mask (sources with masks)
     image/segmentation/class/format   bytes  "png"
+    image/object/bbox/xmin|ymin|xmax|ymax  float lists  boxes as fractions of the image width and height
+    image/object/class/label  int64 list  index into metadata.json's box_class_names (sources with boxes)
+    image/object/class/text   bytes list  the box class names
 
 The converter writes DIR/{split}-{i:05d}-of-{n:05d}.tfrecord plus DIR/metadata.json (class names, per-shard
-counts, image sizes, mean record size), so training on the shards lists no directories and needs no
-counting pass.
+counts, image sizes, mean record size; box class names and the most boxes in one image), so training on the
+shards lists no directories and needs no counting pass.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from datasets.box_sources import most_boxes
 from datasets.sources import DataError, Source, Targets, shard_warning, shuffle_share
 
 FORMAT = "tfdata-engine-tfrecord-v1"
@@ -32,6 +36,9 @@ FEATURES = {
     "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 MASK_FEATURES = {"image/segmentation/class/encoded": tf.io.FixedLenFeature([], tf.string)}
+BOX_CORNERS = ("xmin", "ymin", "xmax", "ymax")
+BOX_FEATURES = {**{f"image/object/bbox/{corner}": tf.io.VarLenFeature(tf.float32) for corner in BOX_CORNERS},
+                "image/object/class/label": tf.io.VarLenFeature(tf.int64)}
 
 
 @dataclasses.dataclass
@@ -42,6 +49,8 @@ class TFRecordSplit:
     counts: list[int]
     mean_record_bytes: int
     has_masks: bool = False
+    has_boxes: bool = False
+    max_boxes_per_image: int = 0
 
     def __len__(self) -> int:
         return int(sum(self.counts))
@@ -50,9 +59,9 @@ class TFRecordSplit:
                 targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's share: whole shards per pipeline when there are enough of them (and
         training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
-        if targets.max_boxes or (targets.masks and not self.has_masks):
-            Targets(masks=targets.masks and not self.has_masks, max_boxes=targets.max_boxes).require_none(
-                f"TFRecord data {os.path.dirname(self.files[0])}")
+        missing = Targets(masks=targets.masks and not self.has_masks,
+                          max_boxes=0 if self.has_boxes else targets.max_boxes)
+        missing.require_none(f"TFRecord data {os.path.dirname(self.files[0])}")
         pipelines, pipeline_id = context.num_input_pipelines, context.input_pipeline_id
         files = list(self.files)
         if shuffle:
@@ -72,17 +81,35 @@ class TFRecordSplit:
             ds = ds.shard(pipelines, pipeline_id)
         if shuffle:
             ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed)
-        return ds.map(lambda record: _parse(record, targets.masks), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(lambda record: _parse(record, targets), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _parse(serialized: tf.Tensor, masks: bool) -> dict:
-    features = tf.io.parse_single_example(serialized, {**FEATURES, **(MASK_FEATURES if masks else {})})
+def _parse(serialized: tf.Tensor, targets: Targets) -> dict:
+    wanted = {**FEATURES, **(MASK_FEATURES if targets.masks else {}), **(BOX_FEATURES if targets.max_boxes else {})}
+    features = tf.io.parse_single_example(serialized, wanted)
     record = {"encoded": features["image/encoded"], "label": tf.cast(features["image/class/label"], tf.int32),
               "id": features["image/filename"]}
-    if masks:
+    if targets.masks:
         record["mask_encoded"] = features["image/segmentation/class/encoded"]
         record["mask_id"] = tf.strings.join([record["id"], " (its mask)"])
+    if targets.max_boxes:
+        record.update(_padded_boxes(features, targets.max_boxes, record["id"]))
     return record
+
+
+def _padded_boxes(features: dict, max_boxes: int, filename: tf.Tensor) -> dict:
+    """A record's "boxes" (fractions of its image) and "classes", padded to `max_boxes` (class -1, box 0);
+    a record with more boxes stops the run naming its file."""
+    classes = tf.cast(tf.sparse.to_dense(features["image/object/class/label"]), tf.int32)
+    boxes = tf.stack([tf.sparse.to_dense(features[f"image/object/bbox/{corner}"]) for corner in BOX_CORNERS], -1)
+    count = tf.shape(classes)[0]
+    check = tf.debugging.Assert(count <= max_boxes, ["more boxes than --max_boxes:", count, ">", max_boxes, "in",
+                                                     filename])
+    with tf.control_dependencies([check]):
+        padding = max_boxes - count
+    return {"boxes": tf.ensure_shape(tf.pad(boxes, [[0, padding], [0, 0]]), [max_boxes, 4]),
+            "classes": tf.ensure_shape(tf.pad(classes, [[0, padding]], constant_values=-1), [max_boxes]),
+            "boxes_normalised": tf.constant(True)}
 
 
 def tfrecord_source(directory: str) -> Source:
@@ -102,9 +129,11 @@ def tfrecord_source(directory: str) -> Source:
         if missing:
             raise DataError(f"{directory}: shards listed in metadata.json are missing: {', '.join(missing[:5])}")
         splits[name] = TFRecordSplit(files, info["counts"], info["mean_record_bytes"],
-                                     bool(metadata.get("mask_class_names")))
+                                     bool(metadata.get("mask_class_names")), bool(metadata.get("box_class_names")),
+                                     info.get("max_boxes_per_image", 0))
     return Source(os.path.basename(os.path.normpath(directory)), metadata["class_names"], splits,
-                  mask_class_names=metadata.get("mask_class_names", []))
+                  mask_class_names=metadata.get("mask_class_names", []),
+                  box_class_names=metadata.get("box_class_names", []), image_labels=metadata.get("image_labels", True))
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
@@ -113,6 +142,22 @@ def _bytes(value: bytes) -> tf.train.Feature:
 
 def _int(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def _box_features(record: dict, class_names: list[str]) -> dict[str, tf.train.Feature]:
+    """The record's boxes as fractions of its image (pixel boxes divided by its width and height), with their
+    class indices and names, as the TF Object Detection API stores them."""
+    real = record["classes"] >= 0
+    boxes, classes = record["boxes"][real], record["classes"][real]
+    if not record.get("boxes_normalised", False):
+        height, width = record["shape"]
+        boxes = boxes / np.float32([width, height, width, height])
+    features = {f"image/object/bbox/{corner}": tf.train.Feature(float_list=tf.train.FloatList(value=boxes[:, i]))
+                for i, corner in enumerate(BOX_CORNERS)}
+    features["image/object/class/label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=classes))
+    features["image/object/class/text"] = tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[class_names[c].encode() for c in classes]))
+    return features
 
 
 def _encoded_with_shape(record: dict) -> dict:
@@ -124,8 +169,9 @@ def _encoded_with_shape(record: dict) -> dict:
         image = record["image"]
         encoded = tf.io.encode_png(image)
     out = {"encoded": encoded, "label": record["label"], "id": record["id"], "shape": tf.shape(image)[:2]}
-    if "mask_encoded" in record:
-        out["mask_encoded"] = record["mask_encoded"]
+    for key in ("mask_encoded", "boxes", "classes", "boxes_normalised"):
+        if key in record:
+            out[key] = record[key]
     return out
 
 
@@ -143,17 +189,20 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
     if num_shards < 1:
         raise DataError(f"--num_shards={num_shards} must be at least 1")
     os.makedirs(output, exist_ok=True)
-    masks = bool(source.mask_class_names)
-    metadata = {"format": FORMAT, "class_names": source.class_names, "splits": {},
-                "feature_keys": sorted({**FEATURES, **(MASK_FEATURES if masks else {})}),
-                "mask_class_names": source.mask_class_names}
+    masks, boxes = bool(source.mask_class_names), bool(source.box_class_names)
+    metadata = {"format": FORMAT, "class_names": source.class_names, "image_labels": source.image_labels,
+                "splits": {}, "feature_keys": sorted({**FEATURES, **(MASK_FEATURES if masks else {}),
+                                                      **(BOX_FEATURES if boxes else {})}),
+                "mask_class_names": source.mask_class_names, "box_class_names": source.box_class_names}
     heights, widths = [], []
     for name, split in source.splits.items():
         shards = min(num_shards, len(split))
         files = [f"{name}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
         writers = [tf.io.TFRecordWriter(os.path.join(output, file + ".tmp")) for file in files]
         counts, total_bytes = [0] * shards, 0
-        stream = split.records(tf.distribute.InputContext(), seed, shuffle=True, targets=Targets(masks=masks)).map(
+        most = most_boxes(split) if boxes else 0
+        targets = Targets(masks=masks, max_boxes=max(1, most) if boxes else 0)
+        stream = split.records(tf.distribute.InputContext(), seed, shuffle=True, targets=targets).map(
             _encoded_with_shape, num_parallel_calls=tf.data.AUTOTUNE)
         for index, record in enumerate(stream.as_numpy_iterator()):
             encoded = record["encoded"]
@@ -165,6 +214,8 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
             if masks:
                 feature["image/segmentation/class/encoded"] = _bytes(record["mask_encoded"])
                 feature["image/segmentation/class/format"] = _bytes(b"png")
+            if boxes:
+                feature.update(_box_features(record, source.box_class_names))
             example = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
             writers[index % shards].write(example)
             counts[index % shards] += 1
@@ -175,7 +226,9 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
             writer.close()
             os.replace(os.path.join(output, file + ".tmp"), os.path.join(output, file))
         metadata["splits"][name] = {"files": files, "counts": counts, "num_examples": sum(counts),
-                                    "mean_record_bytes": total_bytes // max(1, sum(counts))}
+                                    "mean_record_bytes": total_bytes // max(1, sum(counts)),
+                                    "max_boxes_per_image": most}
+    metadata["max_boxes_per_image"] = max(split["max_boxes_per_image"] for split in metadata["splits"].values())
     metadata["image_sizes"] = {
         "height": {"min": min(heights), "median": float(np.median(heights)), "max": max(heights)},
         "width": {"min": min(widths), "median": float(np.median(widths)), "max": max(widths)},

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import decode
+from datasets.box_sources import subset
 from datasets.sources import Examples, Source
 
 PNG_END = b"IEND\xaeB`\x82"
@@ -84,10 +85,7 @@ def scan(examples: Examples) -> ScanResult:
 
 def without(examples: Examples, bad: set[str]) -> Examples:
     """`examples` minus the files in `bad` (labels, masks and boxes stay aligned)."""
-    keep = [i for i, path in enumerate(examples.paths) if path not in bad]
-    pick = lambda values: None if values is None else [values[i] for i in keep]  # noqa: E731
-    return Examples(pick(examples.paths), pick(examples.labels), pick(examples.mask_paths), pick(examples.boxes),
-                    pick(examples.box_classes))
+    return subset(examples, [i for i, path in enumerate(examples.paths) if path not in bad])
 
 
 def drop_bad_files(source: Source) -> dict[str, dict[str, str]]:
@@ -108,7 +106,7 @@ def inspect(source: Source) -> dict:
     for name, split in source.splits.items():
         labels = getattr(split, "labels", None)
         entry: dict = {"examples": len(split)}
-        if labels is not None:
+        if labels is not None and source.image_labels:
             counts = collections.Counter(int(label) for label in labels)
             entry["per_class"] = {source.class_names[c]: counts.get(c, 0) for c in range(len(source.class_names))}
             entry["empty_classes"] = [n for n, count in entry["per_class"].items() if count == 0]
