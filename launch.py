@@ -17,12 +17,13 @@ from engine.config import Config
 DEFAULTS = Config()
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("task", DEFAULTS.task, ["classification", "segmentation"], "What to train.")
+flags.DEFINE_enum("task", DEFAULTS.task, ["classification", "segmentation", "detection"], "What to train.")
 flags.DEFINE_string("dataset", DEFAULTS.dataset,
                     "KIND[:PATH]: shapes[:DIR] (generated, the default), folder:DIR (one sub-folder per class), "
                     "tfrecord:DIR (--mode=convert output), tfds:NAME[:SPLIT], idx:DIR (MNIST format), masks:DIR "
                     "(images/ + class-index PNG masks/ matched by stem), labelme:DIR (labelme JSON polygons), "
-                    "coco:ANNOTATIONS.json (polygons and RLE); the last three for --task=segmentation.")
+                    "coco:ANNOTATIONS.json (polygons, RLE and boxes), yolo:DATA.yaml or yolo:DIR (YOLO txt labels), "
+                    "voc:DIR (Pascal VOC XML); labelme, masks for segmentation, yolo and voc for detection.")
 flags.DEFINE_list("mask_dirs", DEFAULTS.mask_dirs,
                   "IMAGES,MASKS: the two folders under --dataset=masks:DIR (CamVid: val,valannot).")
 flags.DEFINE_list("mask_classes", DEFAULTS.mask_classes,
@@ -39,9 +40,11 @@ flags.DEFINE_string("cache", DEFAULTS.cache,
                     "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
 flags.DEFINE_string("model", DEFAULTS.model,
                     "Classification: small_cnn (default), resnet, mobilenet_v3_small, mobilenet_v3_large, "
-                    "efficientnet_b0, resnet50. Segmentation: unet (default), unet_bilinear, deeplabv3plus.")
+                    "efficientnet_b0, resnet50. Segmentation: unet (default), unet_bilinear, deeplabv3plus. "
+                    "Detection: yolov8_n (default), yolov8_xs, yolov8_s, yolov8_m.")
 flags.DEFINE_string("weights", DEFAULTS.weights,
-                    "Initial weights: a local .weights.h5/.keras file, or 'imagenet' (downloads; applications only).")
+                    "Initial weights: a local .weights.h5/.keras file (detection: of the backbone), or 'imagenet' "
+                    "(downloads; applications only).")
 flags.DEFINE_enum("strategy", DEFAULTS.strategy,
                   ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"],
                   "tf.distribute strategy. multi_worker_mirrored reads TF_CONFIG.")
@@ -49,13 +52,14 @@ flags.DEFINE_integer("cpu_replicas", DEFAULTS.cpu_replicas,
                      "Virtual CPU devices for --strategy=mirrored on a host without GPUs.")
 flags.DEFINE_string("tpu", DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
 flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Global batch size, split evenly across replicas.")
-flags.DEFINE_integer("image_size", DEFAULTS.image_size, "Square training and evaluation image size in pixels.")
+flags.DEFINE_integer("image_size", DEFAULTS.image_size,
+                     "Square training and evaluation image size in pixels. Default: 64 (detection 128).")
 flags.DEFINE_integer("epochs", DEFAULTS.epochs,
                      "Epochs to train (ignored when --train_steps is set). Default: 15 (segmentation 20).")
 flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Total optimizer steps; 0 trains --epochs epochs.")
 flags.DEFINE_enum("optimizer", DEFAULTS.optimizer, ["sgd", "adam", "adamw"], "Optimizer.")
 flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate,
-                   "Peak learning rate (after warmup). Default: 1e-3 (segmentation 3e-3).")
+                   "Peak learning rate (after warmup). Default: 1e-3 (segmentation 3e-3, detection 2e-3).")
 flags.DEFINE_float("weight_decay", DEFAULTS.weight_decay, "Decoupled weight decay (sgd, adamw).")
 flags.DEFINE_float("momentum", DEFAULTS.momentum, "Nesterov momentum for sgd.")
 flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, ["cosine", "constant"],
@@ -84,7 +88,7 @@ flags.DEFINE_bool("skip_bad_files", DEFAULTS.skip_bad_files,
 flags.DEFINE_bool("flip", DEFAULTS.flip, "Random left-right flips in training.")
 flags.DEFINE_float("color_jitter", DEFAULTS.color_jitter,
                    "Brightness, contrast and saturation jitter: factors in [1 - x, 1 + x]; 0 off. Default: the "
-                   "task's for the model size (engine/tasks.py).")
+                   "task's for the model size (engine/tasks.py; detection: brightness 0.4, saturation 0.7).")
 flags.DEFINE_float("hue", DEFAULTS.hue, "Hue jitter, a fraction of the colour circle; 0 off. Default: the task's.")
 flags.DEFINE_integer("randaugment_ops", DEFAULTS.randaugment_ops,
                      "RandAugment operations per image (classification); 0 off. Default: 2 for large models.")
@@ -96,15 +100,31 @@ flags.DEFINE_float("cutmix", DEFAULTS.cutmix,
 flags.DEFINE_float("label_smoothing", DEFAULTS.label_smoothing,
                    "Label smoothing of the classification loss. Default: 0.1 for large models, else 0.")
 flags.DEFINE_float("min_scale", DEFAULTS.min_scale,
-                   "Smallest random zoom of segmentation training images. Default: 0.75 (0.5 for deeplabv3plus).")
+                   "Smallest random zoom of segmentation and detection training images. Default: 0.75 (0.5 for "
+                   "deeplabv3plus and detection).")
 flags.DEFINE_float("max_scale", DEFAULTS.max_scale,
-                   "Largest random zoom of segmentation training images. Default: 1.5 (2.0 for deeplabv3plus).")
+                   "Largest random zoom of segmentation and detection training images. Default: 1.5 (2.0 for "
+                   "deeplabv3plus).")
 flags.DEFINE_integer("ignore_value", DEFAULTS.ignore_value,
                      "Mask value of pixels without a label (segmentation); padding gets it too.")
 flags.DEFINE_float("dice_weight", DEFAULTS.dice_weight,
                    "Weight of a soft Dice term added to the segmentation cross-entropy. Default: 1.")
 flags.DEFINE_list("class_weights", DEFAULTS.class_weights,
                   "Per-class weights of the segmentation cross-entropy, one per mask class, comma-separated.")
+flags.DEFINE_float("mosaic", DEFAULTS.mosaic,
+                   "Detection: probability that a training image is a 2x2 Mosaic of four. Default: 0.5 (1.0 for "
+                   "yolov8_s and _m).")
+flags.DEFINE_float("box_mixup", DEFAULTS.box_mixup, "Detection: probability of blending two training images and "
+                   "keeping the boxes of both.")
+flags.DEFINE_integer("max_boxes", DEFAULTS.max_boxes,
+                     "Detection: boxes per image, padded. 0: the most in one image of the data (x4 with Mosaic, x2 "
+                     "with --box_mixup).")
+flags.DEFINE_float("nms_iou", DEFAULTS.nms_iou, "Detection: IoU above which non-max suppression drops the lower box.")
+flags.DEFINE_float("nms_confidence", DEFAULTS.nms_confidence,
+                   "Detection: lowest confidence kept by non-max suppression (mAP wants it low).")
+flags.DEFINE_bool("skip_bad_labels", DEFAULTS.skip_bad_labels,
+                  "Detection data: drop (count and log) zero-area, out-of-image or unknown-class boxes and label "
+                  "files without images, instead of stopping at the first.")
 flags.DEFINE_integer("preview_batches", DEFAULTS.preview_batches,
                      "Augmented training batches drawn to --model_dir/preview at the start of training (0: none).")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")

@@ -57,9 +57,11 @@ class PipelineConfig:
 
     @property
     def output_keys(self) -> tuple[str, ...]:
-        """The keys of every batch (evaluation adds "weight")."""
-        return {"classification": ("image", "label"), "segmentation": ("image", "mask"),
-                "detection": ("image", "boxes", "classes")}[self.kind]
+        """The keys of every batch (evaluation adds "weight"; detection evaluation the file "id" and the
+        "original_size" [h, w] that map boxes back to the original image)."""
+        if self.kind == "detection":
+            return ("image", "boxes", "classes") + (() if self.training else ("id", "original_size"))
+        return {"classification": ("image", "label"), "segmentation": ("image", "mask")}[self.kind]
 
 
 def dataset_options(deterministic: bool) -> tf.data.Options:

@@ -40,7 +40,8 @@ def _apply(batch: dict, affine: tf.Tensor, size: int, ignore: int, windows: tf.T
 def letterbox(size: int, ignore: int) -> callable:
     """Returns a per-example function fitting "image" (and "mask", "boxes") into size x size, aspect kept,
     centred, the rest filled (FILL in the image, `ignore` in the mask). Boxes are in the pixels of the
-    original, "image_size" [h, w] (default: the image's shape); image and mask may be decoded smaller."""
+    original, "image_size" [h, w] (default: the image's shape), kept as "original_size"; image and mask may be
+    decoded smaller."""
 
     def apply(example: dict) -> dict:
         original = tf.cast(example.get("image_size", tf.shape(example["image"])[:2]), tf.float32)
@@ -53,6 +54,7 @@ def letterbox(size: int, ignore: int) -> callable:
             return tf.stack([new_w / shape[1], new_h / shape[0], left, top])[None]
 
         out = {k: v for k, v in example.items() if k != "image_size"}
+        out["original_size"] = tf.cast(original, tf.int32)  # [h, w]: maps predictions back (detection eval)
         out["image"] = geometry.warp(example["image"][None], onto_target(tf.shape(example["image"])[:2]), size,
                                      FILL)[0]
         if "mask" in example:

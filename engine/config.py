@@ -30,7 +30,7 @@ class Config:
     cpu_replicas: int = 2
     tpu: str = ""
     batch_size: int = 64
-    image_size: int = 64
+    image_size: int | None = None
     epochs: int | None = None
     train_steps: int = 0
     optimizer: str = "adamw"
@@ -62,6 +62,12 @@ class Config:
     ignore_value: int = 255
     dice_weight: float | None = None
     class_weights: list[str] | None = None
+    mosaic: float | None = None
+    box_mixup: float = 0.0
+    max_boxes: int = 0  # 0: the most boxes in one image of the data (x4 with Mosaic, x2 with MixUp)
+    nms_iou: float = 0.7
+    nms_confidence: float = 0.001
+    skip_bad_labels: bool = False
     preview_batches: int = 3
     verbose: int = 1
     resolved: dict = dataclasses.field(default_factory=dict)

@@ -26,7 +26,6 @@ import time
 import warnings
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from datasets import pipeline, tfrecord, validate
@@ -72,7 +71,8 @@ def _pipeline_config(config: Config, task, training: bool) -> pipeline.PipelineC
         image_size=config.image_size, global_batch_size=config.batch_size, training=training,
         seed=config.seed, deterministic=config.deterministic, kind=task.kind,
         augment=task.augment(config) if training else Augment(), ignore_value=config.ignore_value,
-        mask_classes=task.num_classes, cache=config.cache, cache_name="train" if training else "val")
+        mask_classes=task.num_classes, max_boxes=task.max_boxes, cache=config.cache,
+        cache_name="train" if training else "val")
 
 
 def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
@@ -97,15 +97,23 @@ def _last_row(history_csv: str) -> dict:
     return {k: float(v) for k, v in rows[-1].items() if v != "" and k != "epoch"} if rows else {}
 
 
-def _callbacks(config: Config, task, model_dir: str, is_chief: bool, worker: int,
-               throughput: engine_callbacks.ThroughputLogger, validate: bool, metrics: list
+def _evaluators(job: Job) -> list[keras.callbacks.Callback]:
+    """The task's evaluations outside the compiled metrics (detection: COCO mAP), on one input pipeline."""
+    config = _pipeline_config(job.config, job.task, training=False)
+    return job.task.evaluators(lambda: pipeline.build_dataset(job.val_split, config),
+                               job.model_dir if job.is_chief else None)
+
+
+def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate: bool
                ) -> list[keras.callbacks.Callback]:
+    task, model_dir, is_chief, worker = job.task, job.model_dir, job.is_chief, job.worker
     # Non-chief workers keep their own backup (every worker must restore) and write nothing else.
     backup_dir = os.path.join(model_dir, "backup") if is_chief else os.path.join(
         model_dir, "workers", f"worker-{worker}", "backup")
     result = [
         throughput,  # first: adds throughput and learning rate to the logs the callbacks below read
-        engine_callbacks.MetricDetails(metrics),  # per-class values of metrics that have them
+        engine_callbacks.MetricDetails(job.metrics),  # per-class values of metrics that have them
+        *(_evaluators(job) if validate else []),  # metrics computed outside the graph (detection mAP)
         keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", double_checkpoint=True,
                                          delete_checkpoint=False),
     ]
@@ -142,7 +150,7 @@ class Job:
 
     config: Config
     strategy: tf.distribute.Strategy
-    task: tasks.ClassificationTask | tasks.SegmentationTask
+    task: tasks.ClassificationTask | tasks.SegmentationTask | tasks.DetectionTask
     plan: StepPlan
     is_chief: bool
     worker: int
@@ -171,7 +179,7 @@ def _source_of(config: Config) -> Source:
         raise FlagError(f"--mask_dirs={','.join(config.mask_dirs)} must name two folders: IMAGES,MASKS")
     return dataset_spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction,
                              config.seed, config.data_dir, config.tfds_download, tuple(config.mask_dirs),
-                             config.mask_classes, config.skip_bad_files)
+                             config.mask_classes, config.skip_bad_files, config.skip_bad_labels)
 
 
 def _load_source(config: Config) -> Source:
@@ -259,7 +267,7 @@ def build_model(job: Job) -> keras.Model:
                                                 round(config.warmup_epochs * plan.steps_per_epoch), plan.total_steps)
         model.compile(optimizer=optim.build_optimizer(config.optimizer, schedule, config.weight_decay,
                                                       config.momentum),
-                      loss=job.task.loss(), weighted_metrics=job.metrics,
+                      **job.task.compile_args(job.metrics),
                       jit_compile=config.resolved["jit_compile"], steps_per_execution=config.steps_per_execution)
     return model
 
@@ -353,8 +361,7 @@ def _fit(job: Job, model: keras.Model, throughput: engine_callbacks.ThroughputLo
         validation_data=_distributed(job.strategy, job.val_split, job.task, config, training=False)
         if validate else None,
         # No validation_steps: the evaluation dataset ends after one pass (see pipeline.build_dataset).
-        callbacks=_callbacks(config, job.task, job.model_dir, job.is_chief, job.worker, throughput, validate,
-                             job.metrics),
+        callbacks=_callbacks(job, throughput, validate),
         verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
     )
 
@@ -396,8 +403,8 @@ def write_overlays(job: Job, model: keras.Model, count: int = 8) -> str | None:
     config = _pipeline_config(job.config, job.task, training=False)
     batch = next(pipeline.build_dataset(job.val_split, config).as_numpy_iterator())
     batch = {k: v[:count] for k, v in batch.items()}
-    logits = np.asarray(model(batch["image"], training=False))  # (predict_on_batch under mirrored returned
-    picture = preview_images.grid(job.task.draw(batch, logits), columns=2)  # twice the rows: measured)
+    predicted = job.task.predict(model, batch["image"])  # (predict_on_batch under mirrored returned twice
+    picture = preview_images.grid(job.task.draw(batch, predicted), columns=2)  # the rows: measured)
     path = os.path.join(job.model_dir, "overlays", "val.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tf.io.write_file(path, tf.io.encode_png(picture))
@@ -422,11 +429,15 @@ def evaluate(job: Job, model: keras.Model) -> dict:
     metrics = {f"val_{k}": float(v) for k, v in metrics.items()} | {"weights": weights}
     for metric in job.metrics:
         metrics.update({f"val_{k}": v for k, v in getattr(metric, "details", dict)().items()})
+    for evaluator in _evaluators(job):
+        metrics.update(evaluator.evaluate(model))
+        evaluator.on_train_end()  # writes what it evaluated (detection: COCO JSON)
     metrics.update(job.task.summary(metrics))
     print("[engine] eval " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-    if "val_per_class_iou" in metrics:
-        print("[engine] per-class IoU:\n" + "\n".join(f"    {name:24s} {iou:.4f}"
-                                                       for name, iou in metrics["val_per_class_iou"].items()))
+    for table, title in (("val_per_class_iou", "IoU"), ("val_per_class_ap50", "AP50")):
+        if table in metrics:
+            print(f"[engine] per-class {title}:\n" + "\n".join(f"    {name:24s} {value:.4f}"
+                                                             for name, value in metrics[table].items()))
     if job.is_chief:
         write_overlays(job, model)
     if job.is_chief:

@@ -88,7 +88,10 @@ def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, t
     assert "Epoch 3/3" in result.stdout and "Epoch 1/3" not in result.stdout
     assert [row["epoch"] for row in _history(model_dir)] == ["0", "1", "2"]
 
-    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=eval", f"--model_dir={model_dir}", *TINY)
+    # Evaluated as trained (mirrored): a near-chance model has near-tied logits, and another device split
+    # changes float rounding enough to flip one of 64 (seen once in a full-suite run).
+    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=eval", "--strategy=mirrored",
+                        f"--model_dir={model_dir}", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(model_dir, "eval.json")) as f:
         evaluation = json.load(f)

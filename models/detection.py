@@ -1,0 +1,59 @@
+"""Detection models: keras-cv's YOLOV8Detector on a YOLOV8Backbone built from scratch, in four sizes.
+
+uint8 images in; raw outputs {"boxes": [b, anchors, 64] distance bins, "classes": [b, anchors, classes]
+sigmoid scores}; `decode_predictions` turns them into boxes (x0, y0, x1, y1 in input pixels) after non-max
+suppression. The backbones are built from their channel and depth settings, never from a keras-cv preset
+name (presets download from Kaggle); `--weights` loads a local backbone weights file.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+# name: (backbone channels per stage, blocks per stage, FPN depth); with 5 classes 1.0M, 3.4M, 13.2M and 25.9M
+# parameters. yolov8_xs and _s use keras-cv's yolo_v8_xs/_s_backbone channels; yolov8_n halves xs's widths
+# (Ultralytics' nano widths) with one block per stage.
+SIZES = {
+    "yolov8_n": ([16, 32, 64, 128], [1, 1, 1, 1], 1),
+    "yolov8_xs": ([32, 64, 128, 256], [1, 2, 2, 1], 1),
+    "yolov8_s": ([64, 128, 256, 512], [1, 2, 2, 1], 2),
+    "yolov8_m": ([96, 192, 384, 576], [2, 4, 4, 2], 2),
+}
+LARGE = {"yolov8_s", "yolov8_m"}  # the sizes that get the full YOLO augmentation by default (engine/tasks.py)
+STRIDE = 32  # the coarsest feature map's stride: input sizes must divide by it
+
+
+def build_detector(name: str, num_classes: int, image_size: int, weights: str | None = None,
+                   nms_iou: float = 0.7, nms_confidence: float = 0.001, max_detections: int = 100) -> keras.Model:
+    """The YOLOv8 detector `name` (one of SIZES) with non-max suppression at `nms_iou` for detections scoring
+    at least `nms_confidence`; `weights` is a local backbone weights file or None."""
+    import keras_cv  # imported here: it takes seconds and only detection (and deeplabv3plus) needs it
+
+    if name not in SIZES:
+        raise ValueError(f"--model={name} is not a detection model; choose one of {', '.join(SIZES)}")
+    if image_size % STRIDE:
+        raise ValueError(f"--image_size={image_size} must be a multiple of {STRIDE} for YOLOv8")
+    channels, depths, fpn_depth = SIZES[name]
+    backbone = keras_cv.models.YOLOV8Backbone(stackwise_channels=channels, stackwise_depth=depths,
+                                              include_rescaling=True, input_shape=(image_size, image_size, 3))
+    if weights:
+        backbone.load_weights(weights)
+    model = keras_cv.models.YOLOV8Detector(
+        backbone=backbone, num_classes=num_classes, bounding_box_format="xyxy", fpn_depth=fpn_depth,
+        prediction_decoder=keras_cv.layers.NonMaxSuppression(
+            bounding_box_format="xyxy", from_logits=False, iou_threshold=nms_iou,
+            confidence_threshold=nms_confidence, max_detections=max_detections))
+    _initialise_head_biases(model, num_classes, image_size)
+    return model
+
+
+def _initialise_head_biases(model: keras.Model, num_classes: int, image_size: int) -> None:
+    """Ultralytics' start for the YOLOv8 head, which keras-cv leaves at zero: box distances 1, and class scores
+    at a prior of 5 objects per image spread over the cells of each level (not 0.5 on every cell)."""
+    for level in range(3):  # P3, P4, P5 at strides 8, 16, 32
+        cells = (image_size / (8 * 2 ** level)) ** 2
+        classes = model.get_layer(f"yolo_v8_head_{level + 1}_class_3_conv")
+        classes.bias.assign(np.full(num_classes, np.log(5 / num_classes / cells), np.float32))
+        boxes = model.get_layer(f"yolo_v8_head_{level + 1}_box_3_conv")
+        boxes.bias.assign(np.ones(boxes.bias.shape, np.float32))
