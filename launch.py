@@ -38,6 +38,10 @@ flags.DEFINE_bool("tfds_download", DEFAULTS.tfds_download,
                   "Let --dataset=tfds:NAME download and prepare a dataset that is not in --data_dir.")
 flags.DEFINE_string("cache", DEFAULTS.cache,
                     "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
+flags.DEFINE_integer("map_parallelism", DEFAULTS.map_parallelism,
+                     "Parallel calls of the input pipeline's maps and batching; 0: tf.data autotunes them.")
+flags.DEFINE_integer("prefetch_batches", DEFAULTS.prefetch_batches,
+                     "Batches the input pipeline prepares ahead; -1: autotuned, 0: none.")
 flags.DEFINE_string("model", DEFAULTS.model,
                     "Classification: small_cnn (default), resnet, mobilenet_v3_small, mobilenet_v3_large, "
                     "efficientnet_b0, resnet50. Segmentation: unet (default), unet_bilinear, deeplabv3plus. "
@@ -73,10 +77,12 @@ flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
                      "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
 flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
                     "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
-flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert", "inspect", "preview"],
+flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert", "inspect", "preview",
+                                          "benchmark"],
                   "What to do. convert writes --dataset as TFRecord shards to --output; inspect reports on the "
                   "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json; preview draws "
-                  "--preview_batches augmented training batches into --model_dir/preview.")
+                  "--preview_batches augmented training batches into --model_dir/preview; benchmark measures "
+                  "input alone, train step alone and end to end and says which limits (--model_dir/benchmark.json).")
 flags.DEFINE_string("output", DEFAULTS.output, "Output directory of --mode=convert.")
 flags.DEFINE_integer("num_shards", DEFAULTS.num_shards, "TFRecord shards per split for --mode=convert.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed for weights, data order and augmentation.")
@@ -127,6 +133,11 @@ flags.DEFINE_bool("skip_bad_labels", DEFAULTS.skip_bad_labels,
                   "files without images, instead of stopping at the first.")
 flags.DEFINE_integer("preview_batches", DEFAULTS.preview_batches,
                      "Augmented training batches drawn to --model_dir/preview at the start of training (0: none).")
+flags.DEFINE_string("profile_steps", DEFAULTS.profile_steps,
+                    "START,STOP: capture a TensorFlow profiler trace of these training steps into "
+                    "--model_dir/tensorboard/train/plugins/profile (TensorBoard's Profile tab).")
+flags.DEFINE_integer("benchmark_steps", DEFAULTS.benchmark_steps,
+                     "--mode=benchmark: timed steps per measurement (after as many warm-up steps).")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
 
 

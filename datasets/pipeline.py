@@ -44,6 +44,8 @@ class PipelineConfig:
     max_boxes: int = 100  # detection: boxes per image, padded
     cache: str = "none"  # CACHE_CHOICES
     cache_name: str = "train"  # distinguishes splits inside a disk cache directory
+    map_parallelism: int = 0  # parallel calls of every map and batch; 0: tf.data's autotuning
+    prefetch_batches: int = -1  # batches prefetched at the end; -1: autotuned, 0: none
 
     @property
     def cache_size(self) -> int:
@@ -64,10 +66,11 @@ class PipelineConfig:
         return {"classification": ("image", "label"), "segmentation": ("image", "mask")}[self.kind]
 
 
-def dataset_options(deterministic: bool) -> tf.data.Options:
-    """All tf.data options of the project, set in one place."""
+def dataset_options(deterministic: bool, prefetch: bool = True) -> tf.data.Options:
+    """All tf.data options of the project, set in one place (`prefetch` False: none injected either)."""
     options = tf.data.Options()
     options.deterministic = deterministic
+    options.experimental_optimization.inject_prefetch = prefetch
     options.autotune.enabled = True
     options.autotune.ram_budget = physical_memory_bytes() // 2
     options.threading.max_intra_op_parallelism = 1  # parallelism comes from parallel map and interleave
@@ -109,7 +112,8 @@ def _compose(*steps: Callable[[dict], dict]) -> Callable[[dict], dict]:
 
 
 def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
-                  to_model_io: Callable[[dict], tuple] | None = None) -> tf.data.Dataset:
+                  to_model_io: Callable[[dict], tuple] | None = None,
+                  on_ready: Callable[[], None] | None = None) -> tf.data.Dataset:
     """Batches of `config.output_keys`: "image" uint8 [b, s, s, 3] and "label" int32 [b] (float32 [b, classes]
     with MixUp/CutMix), or "mask" uint8 [b, s, s, 1], or "boxes" float32 [b, max_boxes, 4] and "classes".
 
@@ -118,7 +122,9 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
     `eval_steps(...)`, then ends: no replica ever gets an empty or ragged batch, and shapes stay static. (A
     repeating evaluation dataset cost 3-13 s per epoch under MirroredStrategy: Keras drops the validation
     iterator every epoch, and dropping one with work in flight waits for it; measured.)
-    `to_model_io` (the task's) maps each batch to the tuple the model trains on.
+    `to_model_io` (the task's) maps each batch to the tuple the model trains on. `on_ready`, if given, is
+    called (in Python, in stream order) as each batch is done, before the final prefetch: the engine times
+    how long training steps wait for their input with it.
     """
     context = context or tf.distribute.InputContext()
     validate_cache(config.cache)
@@ -126,7 +132,7 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
         raise ValueError(f"kind {config.kind} is not one of {augmentation.KINDS}")
     batch_size = context.get_per_replica_batch_size(config.global_batch_size)
     cached = config.cache != "none"
-    parallel = tf.data.AUTOTUNE
+    parallel = config.map_parallelism or tf.data.AUTOTUNE
     augment = config.augment
     ds = split.records(context, config.seed, shuffle=config.training and not cached, targets=config.targets)
     checks = [validate.check_encoded] if "encoded" in ds.element_spec else []
@@ -164,7 +170,23 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
         ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
     if to_model_io is not None:
         ds = ds.map(to_model_io)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(dataset_options(config.deterministic))
+    if on_ready is not None:
+        ds = ds.map(_calling(on_ready))
+    if config.prefetch_batches:
+        ds = ds.prefetch(tf.data.AUTOTUNE if config.prefetch_batches < 0 else config.prefetch_batches)
+    return ds.with_options(dataset_options(config.deterministic, prefetch=config.prefetch_batches != 0))
+
+
+def _calling(function: Callable[[], None]) -> Callable:
+    """A map function passing elements through unchanged once `function` has run (a Python call)."""
+
+    def apply(*element):
+        done = tf.py_function(lambda: function() or 0, [], tf.int32)
+        with tf.control_dependencies([done]):
+            element = tf.nest.map_structure(tf.identity, element)
+        return element if len(element) > 1 else element[0]
+
+    return apply
 
 
 def _keep(*keys: str) -> Callable[[dict], dict]:
@@ -192,7 +214,7 @@ def _pad_to_full_batches(ds: tf.data.Dataset, num_examples: int, config: Pipelin
     return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padded_total // pipelines - shard_size))
 
 
-def make_input_fn(split: Split, config: PipelineConfig, to_model_io: Callable[[dict], tuple] | None = None
-                  ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+def make_input_fn(split: Split, config: PipelineConfig, to_model_io: Callable[[dict], tuple] | None = None,
+                  on_ready: Callable[[], None] | None = None) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """The per-input-pipeline dataset function for `strategy.distribute_datasets_from_function`."""
-    return lambda context: build_dataset(split, config, context, to_model_io)
+    return lambda context: build_dataset(split, config, context, to_model_io, on_ready)

@@ -1,4 +1,4 @@
-"""Callbacks of the engine: per-epoch throughput and learning rate in the epoch logs.
+"""Callbacks of the engine: per-epoch throughput, input wait and learning rate in the epoch logs.
 
 Everything added to the epoch logs here reaches TensorBoard (as `epoch_<name>`), history.csv and
 summary.json, because those callbacks run after this one and read the same logs.
@@ -6,27 +6,56 @@ summary.json, because those callbacks run after this one and read the same logs.
 
 from __future__ import annotations
 
+import collections
 import time
 
 import keras
 import numpy as np
 
 
-class ThroughputLogger(keras.callbacks.Callback):
-    """Adds `images_per_second`, `step_seconds` and `learning_rate` to each epoch's logs."""
+class InputClock:
+    """When each training batch was done (the pipeline calls `note` per batch, `datasets/pipeline.py`
+    on_ready), so that a step that started before its batches were done is known to have waited for them."""
 
-    def __init__(self, global_batch_size: int):
+    def __init__(self):
+        self.ready: collections.deque[float] = collections.deque()
+
+    def note(self) -> None:
+        """Records that the next batch in stream order is done."""
+        self.ready.append(time.time())
+
+    def waited(self, batches: int, step_started: float) -> float:
+        """Seconds a step that began at `step_started` (time.time()) and consumed the next `batches` batches
+        spent waiting for them: from its start until the last of them was done, if that came later."""
+        done = [self.ready.popleft() for _ in range(min(batches, len(self.ready)))]
+        return max(0.0, max(done, default=step_started) - step_started)
+
+
+class ThroughputLogger(keras.callbacks.Callback):
+    """Adds `images_per_second`, `step_seconds`, `learning_rate` and, given the input pipeline's `clock`,
+    `input_wait_seconds` (per step) and `input_wait_fraction` (of the epoch's step time) to each epoch's
+    logs. `batches_per_step`: pipeline batches one step call consumes (local replicas x steps per
+    execution)."""
+
+    def __init__(self, global_batch_size: int, clock: InputClock | None = None, batches_per_step: int = 1):
         super().__init__()
         self.global_batch_size = global_batch_size
+        self.clock = clock
+        self.batches_per_step = batches_per_step
         self.epoch_rates: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
-        self._last, self._steps = self._start, 0
+        self._last, self._steps, self._waited = self._start, 0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_started = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         # With steps_per_execution > 1 Keras reports the last step index of each execution.
         self._last, self._steps = time.perf_counter(), batch + 1
+        if self.clock is not None:
+            self._waited += self.clock.waited(self.batches_per_step, self._step_started)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not self._steps:
@@ -36,6 +65,9 @@ class ThroughputLogger(keras.callbacks.Callback):
         self.epoch_rates.append(rate)
         logs["images_per_second"] = rate
         logs["step_seconds"] = seconds / self._steps
+        if self.clock is not None:
+            logs["input_wait_seconds"] = self._waited / self._steps
+            logs["input_wait_fraction"] = self._waited / seconds
         logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
 
     def steady_images_per_second(self) -> float | None:

@@ -22,6 +22,8 @@ class Config:
     mask_classes: list[str] | None = None
     cache_dir: str = ""
     cache: str = "none"
+    map_parallelism: int = 0
+    prefetch_batches: int = -1
     data_dir: str = ""
     tfds_download: bool = False
     model: str | None = None  # None here and below: the task's default (engine/tasks.py TASK_DEFAULTS)
@@ -69,6 +71,8 @@ class Config:
     nms_confidence: float = 0.001
     skip_bad_labels: bool = False
     preview_batches: int = 3
+    profile_steps: str = ""
+    benchmark_steps: int = 30
     verbose: int = 1
     resolved: dict = dataclasses.field(default_factory=dict)
 

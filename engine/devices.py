@@ -121,3 +121,11 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     has_chief = "chief" in config["cluster"]
     is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
     return is_chief, task_id
+
+
+def local_replicas(strategy: tf.distribute.Strategy) -> int:
+    """Replicas this worker feeds (the default strategy, which has no device list, has one)."""
+    try:
+        return len(strategy.extended.worker_devices)
+    except RuntimeError:
+        return 1

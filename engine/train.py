@@ -37,7 +37,7 @@ from engine import callbacks as engine_callbacks
 from engine import devices, keras_patches, optim, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 
-MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview")
+MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview", "benchmark")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,18 +66,35 @@ def plan_steps(num_train: int, global_batch_size: int, epochs: int, train_steps:
     return StepPlan(natural, epochs)
 
 
-def _pipeline_config(config: Config, task, training: bool) -> pipeline.PipelineConfig:
+def pipeline_config(config: Config, task, training: bool) -> pipeline.PipelineConfig:
+    """How the run reads its training (or evaluation) split."""
     return pipeline.PipelineConfig(
         image_size=config.image_size, global_batch_size=config.batch_size, training=training,
         seed=config.seed, deterministic=config.deterministic, kind=task.kind,
         augment=task.augment(config) if training else Augment(), ignore_value=config.ignore_value,
         mask_classes=task.num_classes, max_boxes=task.max_boxes, cache=config.cache,
-        cache_name="train" if training else "val")
+        cache_name="train" if training else "val", map_parallelism=config.map_parallelism,
+        prefetch_batches=config.prefetch_batches)
 
 
-def _distributed(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool):
-    input_fn = pipeline.make_input_fn(examples, _pipeline_config(config, task, training), task.model_io)
+def distributed_dataset(strategy: tf.distribute.Strategy, examples: Split, task, config: Config, training: bool,
+                        on_ready=None):
+    """`examples` as the task's model inputs, one input pipeline per worker, batches split over replicas."""
+    input_fn = pipeline.make_input_fn(examples, pipeline_config(config, task, training), task.model_io, on_ready)
     return strategy.distribute_datasets_from_function(input_fn)
+
+
+def profile_steps(config: Config) -> tuple[int, int] | int:
+    """`--profile_steps=START,STOP` as Keras' TensorBoard callback takes it (0: no profile)."""
+    if not config.profile_steps:
+        return 0
+    try:
+        start, stop = (int(step) for step in config.profile_steps.split(","))
+    except ValueError:
+        raise FlagError(f"--profile_steps={config.profile_steps} must be two step numbers, START,STOP") from None
+    if not 1 <= start <= stop:
+        raise FlagError(f"--profile_steps={config.profile_steps} needs 1 <= START <= STOP")
+    return start, stop
 
 
 def _best_so_far(history_csv: str, metric: str) -> float | None:
@@ -94,12 +111,13 @@ def _last_row(history_csv: str) -> dict:
         return {}
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v != "" and k != "epoch"} if rows else {}
+    # Keras' CSVLogger writes "NA" in the val_ columns it adds when there is no validation (--mode=train).
+    return {k: float(v) for k, v in rows[-1].items() if v not in ("", "NA") and k != "epoch"} if rows else {}
 
 
 def _evaluators(job: Job) -> list[keras.callbacks.Callback]:
     """The task's evaluations outside the compiled metrics (detection: COCO mAP), on one input pipeline."""
-    config = _pipeline_config(job.config, job.task, training=False)
+    config = pipeline_config(job.config, job.task, training=False)
     return job.task.evaluators(lambda: pipeline.build_dataset(job.val_split, config),
                                job.model_dir if job.is_chief else None)
 
@@ -129,7 +147,7 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
                                         if validate else None),
         keras.callbacks.CSVLogger(history_csv, append=True),
         keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"), write_graph=False,
-                                    update_freq="epoch", profile_batch=0),
+                                    update_freq="epoch", profile_batch=profile_steps(job.config)),
     ]
     return result
 
@@ -220,6 +238,7 @@ def prepare(config: Config) -> Job:
         pipeline.validate_cache(config.cache)
     except ValueError as error:
         raise FlagError(str(error)) from error
+    profile_steps(config)
     tasks.fill_defaults(config)
     strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
     devices.check_batch_size(config.batch_size, strategy)
@@ -286,6 +305,10 @@ def run(config: Config) -> dict:
     with _naming_bad_files(job.source):
         if config.mode == "eval":
             return evaluate(job, model)
+        if config.mode == "benchmark":
+            from engine import benchmark  # it builds on this module
+
+            return benchmark.run(job, model)
         return train(job, model, started)
 
 
@@ -335,7 +358,7 @@ def preview(job: Job) -> list[str]:
     sees them) into the run directory and TensorBoard; returns the PNG paths."""
     config = job.config
     with _naming_bad_files(job.source):
-        batches = list(pipeline.build_dataset(job.train_split, _pipeline_config(config, job.task, training=True))
+        batches = list(pipeline.build_dataset(job.train_split, pipeline_config(config, job.task, training=True))
                        .take(config.preview_batches).as_numpy_iterator())
     paths = preview_images.write(batches, job.task.class_names, job.model_dir)
     if paths:
@@ -356,9 +379,10 @@ def _quiet_end_of_evaluation():
 def _fit(job: Job, model: keras.Model, throughput: engine_callbacks.ThroughputLogger, validate: bool) -> None:
     config = job.config
     model.fit(
-        _distributed(job.strategy, job.train_split, job.task, config, training=True),
+        distributed_dataset(job.strategy, job.train_split, job.task, config, training=True,
+                     on_ready=throughput.clock.note if throughput.clock else None),
         epochs=job.plan.epochs, steps_per_epoch=job.plan.steps_per_epoch,
-        validation_data=_distributed(job.strategy, job.val_split, job.task, config, training=False)
+        validation_data=distributed_dataset(job.strategy, job.val_split, job.task, config, training=False)
         if validate else None,
         # No validation_steps: the evaluation dataset ends after one pass (see pipeline.build_dataset).
         callbacks=_callbacks(job, throughput, validate),
@@ -366,12 +390,19 @@ def _fit(job: Job, model: keras.Model, throughput: engine_callbacks.ThroughputLo
     )
 
 
+def throughput_logger(job: Job) -> engine_callbacks.ThroughputLogger:
+    """Images/s, step time and (but on TPU, whose input pipelines may not run Python) input wait per epoch."""
+    clock = None if job.config.strategy == "tpu" else engine_callbacks.InputClock()
+    batches_per_step = devices.local_replicas(job.strategy) * job.config.steps_per_execution
+    return engine_callbacks.ThroughputLogger(job.config.batch_size, clock, batches_per_step)
+
+
 def train(job: Job, model: keras.Model, started: float) -> dict:
     """Fits `model` (resuming from the run directory's backup) and writes final.keras and summary.json."""
     config = job.config
     if job.is_chief and config.preview_batches > 0:
         preview(job)
-    throughput = engine_callbacks.ThroughputLogger(config.batch_size)
+    throughput = throughput_logger(job)
     validate = config.mode == "train_and_eval"
     history_csv = os.path.join(job.model_dir, "history.csv")
     with _quiet_end_of_evaluation():
@@ -400,7 +431,7 @@ def write_overlays(job: Job, model: keras.Model, count: int = 8) -> str | None:
     TensorBoard (tensorboard/overlays); tasks without `draw` have none."""
     if not hasattr(job.task, "draw"):
         return None
-    config = _pipeline_config(job.config, job.task, training=False)
+    config = pipeline_config(job.config, job.task, training=False)
     batch = next(pipeline.build_dataset(job.val_split, config).as_numpy_iterator())
     batch = {k: v[:count] for k, v in batch.items()}
     predicted = job.task.predict(model, batch["image"])  # (predict_on_batch under mirrored returned twice
@@ -423,7 +454,7 @@ def evaluate(job: Job, model: keras.Model) -> dict:
         raise FlagError(f"--mode=eval: no checkpoint in --model_dir={job.model_dir} "
                         f"(looked for {', '.join(candidates)})")
     model.load_weights(weights)
-    val_data = _distributed(job.strategy, job.val_split, job.task, job.config, training=False)
+    val_data = distributed_dataset(job.strategy, job.val_split, job.task, job.config, training=False)
     with _quiet_end_of_evaluation():
         metrics = model.evaluate(val_data, verbose=job.config.verbose, return_dict=True)
     metrics = {f"val_{k}": float(v) for k, v in metrics.items()} | {"weights": weights}
