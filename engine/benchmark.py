@@ -47,7 +47,7 @@ def _fit_rate(job: engine.Job, model: keras.Model, dataset, steps: int, clock=No
     return {"images_per_second": last["images_per_second"], "input_wait_fraction": last.get("input_wait_fraction")}
 
 
-def _one_batch_repeated(job: engine.Job):
+def one_batch_repeated(job: engine.Job):
     """One real batch per input pipeline, decoded and augmented once, then repeated from memory."""
     config = engine.pipeline_config(job.config, job.task, training=True)
 
@@ -106,7 +106,7 @@ def run(job: engine.Job, model: keras.Model) -> dict:
     print(f"[benchmark] 1/3 input alone: {steps} warm-up + {steps} timed batches", flush=True)
     input_rate = _input_alone(job, steps)
     print(f"[benchmark] 2/3 train step alone on a batch repeated from memory: 2 x {steps} steps", flush=True)
-    step = _fit_rate(job, model, _one_batch_repeated(job), steps)
+    step = _fit_rate(job, model, one_batch_repeated(job), steps)
     print(f"[benchmark] 3/3 end to end: 2 x {steps} steps", flush=True)
     clock = engine_callbacks.InputClock() if job.config.strategy != "tpu" else None
     real_input = engine.distributed_dataset(job.strategy, job.train_split, job.task, job.config, training=True,

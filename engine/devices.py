@@ -83,9 +83,21 @@ def build_strategy(name: str, cpu_replicas: int = 2, tpu: str = "") -> tuple[tf.
             if cpu_replicas < 1:
                 raise StrategyError(f"--cpu_replicas={cpu_replicas} must be at least 1")
             devices = _split_cpu(cpu_replicas)
-        return tf.distribute.MirroredStrategy(devices), DeviceInfo(kind, tuple(devices), capability, bf16)
+        return _mirrored(tuple(devices)), DeviceInfo(kind, tuple(devices), capability, bf16)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     return strategy, DeviceInfo(kind, tuple(gpus or ["/cpu:0"]), capability, bf16)
+
+
+_MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+
+
+def _mirrored(devices: tuple[str, ...]) -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy per device set and process: a second one's all-reduces reuse the first one's
+    collective instance keys and fail ("Shape mismatch in the collective instance", seen with two models
+    trained one after the other in one process)."""
+    if devices not in _MIRRORED:
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _MIRRORED[devices]
 
 
 def _tpu_strategy(tpu: str) -> tuple[tf.distribute.Strategy, DeviceInfo]:

@@ -244,6 +244,11 @@ def prepare(config: Config) -> Job:
     devices.check_batch_size(config.batch_size, strategy)
     keras_patches.patch_for(strategy)
     numerics = precision.resolve(config.precision, config.jit_compile, device, config.model)
+    if numerics.jit_compile and device.kind == "CPU" and strategy.num_replicas_in_sync > 1:
+        # XLA's CPU backend compiles for one CPU device: a step on the second virtual CPU reads variables of
+        # the first and fails ("Trying to access resource ... located in device CPU:1 from device CPU:0").
+        raise FlagError(f"--jit_compile=true cannot run on {strategy.num_replicas_in_sync} virtual CPU devices "
+                        f"(--strategy={config.strategy}); use --strategy=one_device or --jit_compile=false")
     precision.apply(numerics)
     keras.utils.set_random_seed(config.seed)
 

@@ -8,6 +8,9 @@ name (presets download from Kaggle); `--weights` loads a local backbone weights 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import keras
 import numpy as np
 
@@ -39,13 +42,49 @@ def build_detector(name: str, num_classes: int, image_size: int, weights: str | 
                                               include_rescaling=True, input_shape=(image_size, image_size, 3))
     if weights:
         backbone.load_weights(weights)
-    model = keras_cv.models.YOLOV8Detector(
-        backbone=backbone, num_classes=num_classes, bounding_box_format="xyxy", fpn_depth=fpn_depth,
-        prediction_decoder=keras_cv.layers.NonMaxSuppression(
+    with _float32_layers():  # box assignment and suppression work on the float32 outputs
+        label_encoder = keras_cv.models.yolov8.LabelEncoder(num_classes=num_classes)
+        suppression = keras_cv.layers.NonMaxSuppression(
             bounding_box_format="xyxy", from_logits=False, iou_threshold=nms_iou,
-            confidence_threshold=nms_confidence, max_detections=max_detections))
+            confidence_threshold=nms_confidence, max_detections=max_detections)
+    model = _detector_class()(backbone=backbone, num_classes=num_classes, bounding_box_format="xyxy",
+                              fpn_depth=fpn_depth, label_encoder=label_encoder, prediction_decoder=suppression)
+    for name in ("box", "class"):  # the head ends in float32 but these two layers would cast it back
+        model.get_layer(name).dtype_policy = keras.DTypePolicy("float32")
     _initialise_head_biases(model, num_classes, image_size)
     return model
+
+
+@contextlib.contextmanager
+def _float32_layers():
+    """Layers created inside are float32 whatever the global dtype policy (restored afterwards)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+@functools.cache
+def _detector_class() -> type:
+    """keras-cv's YOLOV8Detector, whose loss and box decoding build a Reshape layer as they run: under a
+    mixed policy that layer computes in float16/bfloat16 and the next multiply with float32 fails
+    (TypeError in decode_regression_to_boxes). Here they run with float32 layers, on the float32 outputs
+    of the head; its label encoder and suppression are float32 layers too (build_detector)."""
+    import keras_cv
+
+    @keras.saving.register_keras_serializable(package="tfdata_engine")
+    class YOLOV8Detector(keras_cv.models.YOLOV8Detector):
+        def compute_loss(self, x, y, y_pred, sample_weight=None, **kwargs):
+            with _float32_layers():
+                return super().compute_loss(x, y, y_pred, sample_weight=sample_weight, **kwargs)
+
+        def decode_predictions(self, pred, images):
+            with _float32_layers():
+                return super().decode_predictions(pred, images)
+
+    return YOLOV8Detector
 
 
 def _initialise_head_biases(model: keras.Model, num_classes: int, image_size: int) -> None:

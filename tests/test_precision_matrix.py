@@ -1,0 +1,47 @@
+"""Every strategy x precision x XLA combination trains a tiny model of each task through the engine's own path:
+a few steps on one fixed batch, the loss finite and falling, float32 variables and outputs, and loss scaling
+under mixed_float16 (the upstream traps: keras-team/keras#20763 and #21366, LossScaleOptimizer under
+MirroredStrategy)."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from engine import benchmark, train
+from engine.config import Config, FlagError
+
+TASKS = {"classification": ("small_cnn", 32), "segmentation": ("unet", 32), "detection": ("yolov8_n", 32)}
+COMBINATIONS = list(itertools.product(TASKS, ["one_device", "mirrored"], ["float32", "mixed_float16",
+                                                                          "mixed_bfloat16"], ["false", "true"]))
+
+
+@pytest.fixture(autouse=True)
+def float32_afterwards():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("task,strategy,precision,jit", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+def test_tiny_model_trains_in_every_combination(tiny_shapes, tmp_path, task, strategy, precision, jit):
+    model_name, image_size = TASKS[task]
+    config = Config(task=task, dataset=f"shapes:{tiny_shapes}", model=model_name, image_size=image_size,
+                    batch_size=16, strategy=strategy, precision=precision, jit_compile=jit, mode="train",
+                    learning_rate=3e-3, warmup_epochs=0.0, lr_schedule="constant", preview_batches=0, verbose=0,
+                    model_dir=str(tmp_path))
+    if strategy == "mirrored" and jit == "true":  # XLA on CPU compiles for one device (engine/train.py)
+        with pytest.raises(FlagError, match="--jit_compile=true cannot run on 2 virtual CPU devices"):
+            train.prepare(config)
+        return
+    job = train.prepare(config)
+    assert (job.config.resolved["precision"], job.config.resolved["jit_compile"]) == (precision, jit == "true")
+    model = train.build_model(job)
+    losses = model.fit(benchmark.one_batch_repeated(job), epochs=4, steps_per_epoch=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0], losses
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
+    assert {keras.backend.standardize_dtype(v.dtype) for v in model.trainable_variables} == {"float32"}
+    outputs = model(np.zeros((2, image_size, image_size, 3), np.uint8), training=False)
+    assert {keras.backend.standardize_dtype(o.dtype) for o in keras.tree.flatten(outputs)} == {"float32"}
