@@ -81,10 +81,10 @@ def coco_map(ground_truth: dict, results: list[dict]) -> dict:
     from pycocotools.cocoeval import COCOeval
 
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    empty = {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "confidence": 0.0,
-             "per_class_ap50": {}, "per_class_ap50_95": {}}
-    if not results or not ground_truth["annotations"]:
-        return empty
+    if not results or not ground_truth["annotations"]:  # pycocotools cannot load an empty result list
+        zeros = {names[c]: 0.0 for c in sorted({a["category_id"] for a in ground_truth["annotations"]})}
+        return {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "confidence": 0.0,
+                "per_class_ap50": zeros, "per_class_ap50_95": dict(zeros)}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         truth = COCO()
         truth.dataset = json.loads(json.dumps(ground_truth))

@@ -63,9 +63,10 @@ def test_map_equals_pycocotools_on_the_exported_json_and_a_hand_computed_value(t
     assert [image["file_name"] for image in images] == ["one.jpg", "two.jpg", "three.jpg", "four.jpg"]
 
 
-def test_no_detections_at_all_score_zero():
-    ground_truth = detection_metrics.coco_ground_truth(TRUTH, ["a", "b"])
-    assert detection_metrics.coco_map(ground_truth, [])["map50"] == 0.0
+def test_no_detections_at_all_score_zero_for_every_class_with_objects():
+    ground_truth = detection_metrics.coco_ground_truth(TRUTH, ["a", "b", "c"])
+    scores = detection_metrics.coco_map(ground_truth, [])
+    assert scores["map50"] == 0.0 and scores["per_class_ap50"] == {"a": 0.0, "b": 0.0}
 
 
 @pytest.mark.parametrize("height,width", [(100, 200), (300, 120), (64, 64)])
