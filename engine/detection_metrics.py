@@ -117,15 +117,20 @@ def _to_original(boxes: np.ndarray, original_size: np.ndarray, size: int) -> np.
     return np.clip(out, 0.0, [width, height, width, height])
 
 
-def predict_split(model: keras.Model, dataset: tf.data.Dataset) -> tuple[list[dict], list[dict]]:
-    """Runs `model` (a keras-cv YOLOV8Detector) with its non-max suppression over evaluation batches ("image",
-    "boxes", "classes", "weight", "id", "original_size"); returns per-image ground truth and detections in the
-    original images' pixels, padding examples left out."""
+def detector(model: keras.Model):
+    """`model` (a keras-cv YOLOV8Detector) with its non-max suppression, as one compiled function of images."""
 
     @tf.function
     def detect(images):
         return model.decode_predictions(model(images, training=False), images)
 
+    return detect
+
+
+def predict_split(detect, dataset: tf.data.Dataset) -> tuple[list[dict], list[dict]]:
+    """Runs `detect` (`detector(model)`) over evaluation batches ("image", "boxes", "classes", "weight", "id",
+    "original_size"); returns per-image ground truth and detections in the original images' pixels, padding
+    examples left out."""
     truth, found = [], []
     for batch in dataset:
         size = int(batch["image"].shape[1])
@@ -154,10 +159,14 @@ class DetectionEvaluator(keras.callbacks.Callback):
         self.class_names = class_names
         self.output_dir = output_dir
         self.last: tuple[dict, list[dict]] | None = None
+        self._detectors: dict[int, object] = {}  # by model: traced once, not every epoch
 
     def evaluate(self, model: keras.Model) -> dict:
         """The metrics (val_ prefixed, per-class AP50 flattened) of `model` on the validation set."""
-        truth, found = predict_split(model, self.dataset_fn())
+        if id(model) not in self._detectors:
+            self._detectors[id(model)] = detector(model)
+        detect = self._detectors[id(model)]
+        truth, found = predict_split(detect, self.dataset_fn())
         ground_truth, results = coco_ground_truth(truth, self.class_names), coco_results(found)
         self.last = (ground_truth, results)
         scores = coco_map(ground_truth, results)
