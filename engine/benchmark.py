@@ -21,7 +21,6 @@ import tensorflow as tf
 from datasets import pipeline
 from datasets.sources import Examples
 from engine import callbacks as engine_callbacks
-from engine import devices
 from engine import train as engine
 
 BOUND_MARGIN = 1.1  # one side must be this much faster than the other for a verdict; else balanced
@@ -38,10 +37,9 @@ def _input_alone(job: engine.Job, steps: int) -> float:
     return steps * job.config.batch_size / (time.perf_counter() - started)
 
 
-def _fit_rate(job: engine.Job, model: keras.Model, dataset, steps: int, clock=None) -> dict:
-    """Images/s (and input wait, given the pipeline's clock) of the second of two `steps`-step epochs."""
-    logger = engine_callbacks.ThroughputLogger(job.config.batch_size, clock,
-                                               devices.local_replicas(job.strategy) * job.config.steps_per_execution)
+def _fit_rate(job: engine.Job, model: keras.Model, dataset, steps: int,
+              logger: engine_callbacks.ThroughputLogger) -> dict:
+    """Images/s (and input wait, if `logger` has a clock) of the second of two `steps`-step epochs."""
     history = model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[logger], verbose=job.config.verbose)
     last = {key: values[-1] for key, values in history.history.items()}
     return {"images_per_second": last["images_per_second"], "input_wait_fraction": last.get("input_wait_fraction")}
@@ -107,12 +105,12 @@ def run(job: engine.Job, model: keras.Model) -> dict:
     print(f"[benchmark] 1/3 input alone: {steps} warm-up + {steps} timed batches", flush=True)
     input_rate = _input_alone(job, steps)
     print(f"[benchmark] 2/3 train step alone on a batch repeated from memory: 2 x {steps} steps", flush=True)
-    step = _fit_rate(job, model, one_batch_repeated(job), steps)
+    step = _fit_rate(job, model, one_batch_repeated(job), steps, engine.throughput_logger(job, input_wait=False))
     print(f"[benchmark] 3/3 end to end: 2 x {steps} steps", flush=True)
-    clock = engine_callbacks.InputClock() if job.config.strategy != "tpu" else None
+    logger = engine.throughput_logger(job)
     real_input = engine.distributed_dataset(job.strategy, job.train_split, job.task, job.config, training=True,
-                                            on_ready=clock.note if clock else None)
-    end_to_end = _fit_rate(job, model, real_input, steps, clock)
+                                            on_ready=logger.clock.note if logger.clock else None)
+    end_to_end = _fit_rate(job, model, real_input, steps, logger)
     bound, factor = verdict(input_rate, step["images_per_second"])
     result = {
         "input_images_per_second": input_rate,

@@ -395,9 +395,10 @@ def _fit(job: Job, model: keras.Model, throughput: engine_callbacks.ThroughputLo
     )
 
 
-def throughput_logger(job: Job) -> engine_callbacks.ThroughputLogger:
-    """Images/s, step time and (but on TPU, whose input pipelines may not run Python) input wait per epoch."""
-    clock = None if job.config.strategy == "tpu" else engine_callbacks.InputClock()
+def throughput_logger(job: Job, input_wait: bool = True) -> engine_callbacks.ThroughputLogger:
+    """Images/s, step time and, if `input_wait` (but on TPU, whose input pipelines may not run Python), input
+    wait per epoch: pass its `clock.note` to the training input as on_ready."""
+    clock = None if job.config.strategy == "tpu" or not input_wait else engine_callbacks.InputClock()
     batches_per_step = devices.local_replicas(job.strategy) * job.config.steps_per_execution
     return engine_callbacks.ThroughputLogger(job.config.batch_size, clock, batches_per_step)
 
