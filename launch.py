@@ -1,6 +1,7 @@
 """Trains and evaluates image models: `python launch.py --strategy=mirrored`.
 
-Every flag is a field of `engine.config.Config` with the same name; `engine/train.py` is where they act.
+Every flag is a field of `engine.config.Config` with the same name (tests/test_config.py checks it); searching
+for `config.NAME` finds where flag NAME acts. `engine/run.py` dispatches on --mode.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from absl import app, flags
 
 from datasets import budget
 from engine import quiet
-from engine.config import Config
+from engine.config import CHOICES, Config
 
 DEFAULTS = Config()
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("task", DEFAULTS.task, ["classification", "segmentation", "detection"], "What to train.")
+flags.DEFINE_enum("task", DEFAULTS.task, CHOICES["task"], "What to train.")
 flags.DEFINE_string("dataset", DEFAULTS.dataset,
                     "KIND[:PATH]: shapes[:DIR] (generated, the default), folder:DIR (one sub-folder per class), "
                     "tfrecord:DIR (--mode=convert output), tfds:NAME[:SPLIT], idx:DIR (MNIST format), masks:DIR "
@@ -45,40 +46,39 @@ flags.DEFINE_integer("prefetch_batches", DEFAULTS.prefetch_batches,
 flags.DEFINE_string("model", DEFAULTS.model,
                     "Classification: small_cnn (default), resnet, mobilenet_v3_small, mobilenet_v3_large, "
                     "efficientnet_b0, resnet50. Segmentation: unet (default), unet_bilinear, deeplabv3plus. "
-                    "Detection: yolov8_n (default), yolov8_xs, yolov8_s, yolov8_m.")
+                    "Detection: yolov8_n (default), yolov8_xs, yolov8_s, yolov8_m. Flags left unset take the "
+                    "defaults of the task for the model (`defaults` in engine/tasks/*.py).")
 flags.DEFINE_string("weights", DEFAULTS.weights,
                     "Initial weights: a local .weights.h5/.keras file (detection: of the backbone), or 'imagenet' "
                     "(downloads; applications only).")
-flags.DEFINE_enum("strategy", DEFAULTS.strategy,
-                  ["default", "one_device", "mirrored", "multi_worker_mirrored", "tpu"],
+flags.DEFINE_enum("strategy", DEFAULTS.strategy, CHOICES["strategy"],
                   "tf.distribute strategy. multi_worker_mirrored reads TF_CONFIG.")
 flags.DEFINE_integer("cpu_replicas", DEFAULTS.cpu_replicas,
                      "Virtual CPU devices for --strategy=mirrored on a host without GPUs.")
 flags.DEFINE_string("tpu", DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
 flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Global batch size, split evenly across replicas.")
 flags.DEFINE_integer("image_size", DEFAULTS.image_size,
-                     "Square training and evaluation image size in pixels. Default: 64 (detection 128).")
+                     "Square training and evaluation image size in pixels. Default: the task's.")
 flags.DEFINE_integer("epochs", DEFAULTS.epochs,
-                     "Epochs to train (ignored when --train_steps is set). Default: 15 (segmentation 20).")
+                     "Epochs to train (ignored when --train_steps is set). Default: the task's.")
 flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Total optimizer steps; 0 trains --epochs epochs.")
-flags.DEFINE_enum("optimizer", DEFAULTS.optimizer, ["sgd", "adam", "adamw"], "Optimizer.")
+flags.DEFINE_enum("optimizer", DEFAULTS.optimizer, CHOICES["optimizer"], "Optimizer.")
 flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate,
-                   "Peak learning rate (after warmup). Default: 1e-3 (segmentation 3e-3, detection 2e-3).")
+                   "Peak learning rate (after warmup). Default: the task's.")
 flags.DEFINE_float("weight_decay", DEFAULTS.weight_decay, "Decoupled weight decay (sgd, adamw).")
 flags.DEFINE_float("momentum", DEFAULTS.momentum, "Nesterov momentum for sgd.")
-flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, ["cosine", "constant"],
+flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, CHOICES["lr_schedule"],
                   "Learning-rate schedule after the linear warmup.")
 flags.DEFINE_float("warmup_epochs", DEFAULTS.warmup_epochs, "Linear warmup length in epochs.")
-flags.DEFINE_enum("precision", DEFAULTS.precision, ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+flags.DEFINE_enum("precision", DEFAULTS.precision, CHOICES["precision"],
                   "Keras dtype policy; auto picks per device (see BUILD.md).")
-flags.DEFINE_enum("jit_compile", DEFAULTS.jit_compile, ["auto", "true", "false"],
+flags.DEFINE_enum("jit_compile", DEFAULTS.jit_compile, CHOICES["jit_compile"],
                   "XLA-compile the train step; auto picks per device (see BUILD.md).")
 flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
                      "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
 flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
                     "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
-flags.DEFINE_enum("mode", DEFAULTS.mode, ["train", "eval", "train_and_eval", "convert", "inspect", "preview",
-                                          "benchmark"],
+flags.DEFINE_enum("mode", DEFAULTS.mode, CHOICES["mode"],
                   "What to do. convert writes --dataset as TFRecord shards to --output; inspect reports on the "
                   "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json; preview draws "
                   "--preview_batches augmented training batches into --model_dir/preview; benchmark measures "
@@ -94,32 +94,32 @@ flags.DEFINE_bool("skip_bad_files", DEFAULTS.skip_bad_files,
 flags.DEFINE_bool("flip", DEFAULTS.flip, "Random left-right flips in training.")
 flags.DEFINE_float("color_jitter", DEFAULTS.color_jitter,
                    "Brightness, contrast and saturation jitter: factors in [1 - x, 1 + x]; 0 off. Default: the "
-                   "task's for the model size (engine/tasks.py; detection: brightness 0.4, saturation 0.7).")
+                   "task's for the model (detection: brightness 0.4, saturation 0.7).")
 flags.DEFINE_float("hue", DEFAULTS.hue, "Hue jitter, a fraction of the colour circle; 0 off. Default: the task's.")
 flags.DEFINE_integer("randaugment_ops", DEFAULTS.randaugment_ops,
-                     "RandAugment operations per image (classification); 0 off. Default: 2 for large models.")
+                     "RandAugment operations per image (classification); 0 off. Default: the task's for the model.")
 flags.DEFINE_float("randaugment_magnitude", DEFAULTS.randaugment_magnitude, "RandAugment magnitude, 0-10.")
 flags.DEFINE_float("mixup", DEFAULTS.mixup,
-                   "MixUp Beta(alpha, alpha) for classification; 0 off. Default: 0.2 for large models.")
+                   "MixUp Beta(alpha, alpha) for classification; 0 off. Default: the task's for the model.")
 flags.DEFINE_float("cutmix", DEFAULTS.cutmix,
-                   "CutMix Beta(alpha, alpha) for classification; 0 off. Default: 1.0 for large models.")
+                   "CutMix Beta(alpha, alpha) for classification; 0 off. Default: the task's for the model.")
 flags.DEFINE_float("label_smoothing", DEFAULTS.label_smoothing,
-                   "Label smoothing of the classification loss. Default: 0.1 for large models, else 0.")
+                   "Label smoothing of the classification loss. Default: the task's for the model.")
 flags.DEFINE_float("min_scale", DEFAULTS.min_scale,
-                   "Smallest random zoom of segmentation and detection training images. Default: 0.75 (0.5 for "
-                   "deeplabv3plus and detection).")
+                   "Smallest random zoom of segmentation and detection training images. Default: the task's for the "
+                   "model.")
 flags.DEFINE_float("max_scale", DEFAULTS.max_scale,
-                   "Largest random zoom of segmentation and detection training images. Default: 1.5 (2.0 for "
-                   "deeplabv3plus).")
+                   "Largest random zoom of segmentation and detection training images. Default: the task's for the "
+                   "model.")
 flags.DEFINE_integer("ignore_value", DEFAULTS.ignore_value,
                      "Mask value of pixels without a label (segmentation); padding gets it too.")
 flags.DEFINE_float("dice_weight", DEFAULTS.dice_weight,
-                   "Weight of a soft Dice term added to the segmentation cross-entropy. Default: 1.")
+                   "Weight of a soft Dice term added to the segmentation cross-entropy. Default: the task's.")
 flags.DEFINE_list("class_weights", DEFAULTS.class_weights,
                   "Per-class weights of the segmentation cross-entropy, one per mask class, comma-separated.")
 flags.DEFINE_float("mosaic", DEFAULTS.mosaic,
-                   "Detection: probability that a training image is a 2x2 Mosaic of four. Default: 0.5 (1.0 for "
-                   "yolov8_s and _m).")
+                   "Detection: probability that a training image is a 2x2 Mosaic of four. Default: the task's for "
+                   "the model.")
 flags.DEFINE_float("box_mixup", DEFAULTS.box_mixup, "Detection: probability of blending two training images and "
                    "keeping the boxes of both.")
 flags.DEFINE_integer("max_boxes", DEFAULTS.max_boxes,
@@ -143,7 +143,7 @@ flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 sile
 
 def config_from_flags() -> Config:
     """The Config whose fields are the parsed flags of the same names."""
-    return Config(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config) if f.name in FLAGS})
+    return Config(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)})
 
 
 def main(argv: list[str]) -> int:
@@ -152,12 +152,12 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     budget.limit_malloc_arenas()  # before TensorFlow starts threads: keeps streaming memory flat
     quiet.import_tensorflow_quietly()
-    from datasets.sources import DataError  # these import TensorFlow: after the quiet import above
-    from engine import train
+    from datasets.sources.base import DataError  # these import TensorFlow: after the quiet import above
     from engine.config import FlagError
+    from engine.run import run
 
     try:
-        train.run(config_from_flags())
+        run(config_from_flags())
     except (FlagError, DataError) as error:  # bad flags or bad data: one clear line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

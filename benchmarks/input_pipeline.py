@@ -80,16 +80,18 @@ OURS = {"folder", "folder_mild", "tfrecord", "cache", "stream_rss", "cls_randaug
         "detection_mosaic"}
 
 
-def _dense_variants() -> dict:
-    """The augmentation rows: (kind, Augment) per variant, at the engine's default strengths."""
-    from datasets.augment import Augment
+def _dense_variants(size: int) -> dict:
+    """The augmentation rows: the recipe per variant, at the engine's default strengths."""
+    from datasets.recipes import Augment, ClassificationRecipe, DetectionRecipe, SegmentationRecipe
 
     return {
-        "cls_randaugment_mixup": ("classification", Augment(crop_scale=(0.08, 1.0), randaugment_ops=2,
-                                                            randaugment_magnitude=9, mixup=0.2, num_classes=10)),
-        "segmentation": ("segmentation", Augment(scale=(0.5, 2.0), brightness=0.2, contrast=0.2, saturation=0.2)),
-        "detection_mosaic": ("detection", Augment(scale=(0.5, 1.5), translate=0.2, mosaic=1.0, brightness=0.4, saturation=0.7,
-                                                  hue=0.015)),
+        "cls_randaugment_mixup": ClassificationRecipe(size, Augment(crop_scale=(0.08, 1.0), randaugment_ops=2,
+                                                                    randaugment_magnitude=9, mixup=0.2,
+                                                                    num_classes=10)),
+        "segmentation": SegmentationRecipe(size, Augment(scale=(0.5, 2.0), brightness=0.2, contrast=0.2,
+                                                         saturation=0.2)),
+        "detection_mosaic": DetectionRecipe(size, Augment(scale=(0.5, 1.5), translate=0.2, mosaic=1.0, brightness=0.4,
+                                                          saturation=0.7, hue=0.015), max_boxes=8),
     }
 
 
@@ -100,7 +102,7 @@ def generate(directory: str, count: int) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from datasets import shapes_draw
+    from datasets.sources import shapes_draw
 
     labels_dir = directory + "-labels"
     write_images = not os.path.exists(os.path.join(directory, "done"))
@@ -131,11 +133,11 @@ def _labelled_split():
     """The benchmark images with their masks and boxes, as a split of loose files."""
     import numpy as np
 
-    from datasets import sources
+    from datasets.sources.base import Examples
 
     with open(os.path.join(FLAGS.data + "-labels", "annotations.json")) as f:
         records = json.load(f)
-    return sources.Examples(paths=[r["image"] for r in records], labels=[r["label"] for r in records],
+    return Examples(paths=[r["image"] for r in records], labels=[r["label"] for r in records],
                             mask_paths=[r["mask"] for r in records],
                             boxes=[np.asarray(r["boxes"], np.float32).reshape(-1, 4) for r in records],
                             box_classes=[np.asarray(r["box_classes"], np.int32) for r in records])
@@ -153,16 +155,16 @@ def _iterator(variant: str):
     import numpy as np
     import tensorflow as tf
 
-    from datasets import pipeline, sources, tfrecord
-    from datasets.augment import Augment
+    from datasets import pipeline
+    from datasets.recipes import Augment, ClassificationRecipe
+    from datasets.sources import folder as folder_source
+    from datasets.sources import tfrecord
 
     size, batch = FLAGS.image_size, FLAGS.batch_size
-    folder = sources.folder_source(FLAGS.data, val_fraction=0.01, seed=0)
+    folder = folder_source.folder_source(FLAGS.data, val_fraction=0.01, seed=0)
     rescale = lambda b: {**b, "image": tf.cast(b["image"], tf.float32) / 255.0}  # noqa: E731
     if variant in ("cls_randaugment_mixup", "segmentation", "detection_mosaic"):
-        kind, augment = _dense_variants()[variant]
-        config = pipeline.PipelineConfig(image_size=size, global_batch_size=batch, training=True, kind=kind,
-                                         augment=augment, max_boxes=8)
+        config = pipeline.PipelineConfig(_dense_variants(size)[variant], global_batch_size=batch, training=True)
         return iter(pipeline.build_dataset(_labelled_split(), config).map(rescale))
     if variant in ("folder", "folder_mild", "tfrecord", "cache"):
         split = folder.splits["train"]
@@ -171,9 +173,8 @@ def _iterator(variant: str):
             if not os.path.exists(os.path.join(shards, "metadata.json")):
                 tfrecord.convert(folder, shards, num_shards=16)
             split = tfrecord.tfrecord_source(shards).splits["train"]
-        config = pipeline.PipelineConfig(image_size=size, global_batch_size=batch, training=True,
-                                         augment=Augment(crop_scale=(0.5, 1.0) if variant == "folder_mild"
-                                                         else (0.08, 1.0)),
+        crop = Augment(crop_scale=(0.5, 1.0) if variant == "folder_mild" else (0.08, 1.0))
+        config = pipeline.PipelineConfig(ClassificationRecipe(size, crop), global_batch_size=batch, training=True,
                                          cache="memory" if variant == "cache" else "none")
         ds = pipeline.build_dataset(split, config).map(rescale)
         if variant == "cache":  # fill the cache: one full epoch before timing
@@ -246,18 +247,19 @@ def _resident_mb() -> float:
 def stream_rss(epochs: int = 10) -> dict:
     """Streams the folder and TFRecord pipelines (shuffle budget 16 MB, below the data); RSS after each epoch."""
     os.environ["ENGINE_SHUFFLE_BUDGET_MB"] = "16"
-    from datasets import pipeline, sources, tfrecord
-    from datasets.augment import Augment
+    from datasets import pipeline
+    from datasets.recipes import Augment, ClassificationRecipe
+    from datasets.sources import folder, tfrecord
 
     result = {"variant": "stream_rss"}
     for name in ("folder", "tfrecord"):
         if name == "folder":
-            split = sources.folder_source(FLAGS.data, val_fraction=0.01, seed=0).splits["train"]
+            split = folder.folder_source(FLAGS.data, val_fraction=0.01, seed=0).splits["train"]
         else:
             split = tfrecord.tfrecord_source(FLAGS.data + "-tfrecord").splits["train"]
             result["data_mb"] = sum(os.path.getsize(f) for f in split.files) / (1 << 20)
-        config = pipeline.PipelineConfig(image_size=FLAGS.image_size, global_batch_size=FLAGS.batch_size,
-                                         training=True, augment=Augment(crop_scale=(0.08, 1.0)))
+        config = pipeline.PipelineConfig(ClassificationRecipe(FLAGS.image_size, Augment(crop_scale=(0.08, 1.0))),
+                                         global_batch_size=FLAGS.batch_size, training=True)
         iterator = iter(pipeline.build_dataset(split, config))
         resident = []
         for _ in range(epochs):

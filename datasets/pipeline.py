@@ -1,15 +1,17 @@
-"""The streaming tf.data pipeline: records -> decode -> [cache] -> augment -> batch -> batch augment -> prefetch.
+"""The streaming tf.data pipeline, in two parts:
 
-`make_input_fn` returns a function of a `tf.distribute.InputContext`, the form
-`strategy.distribute_datasets_from_function` takes: each input pipeline reads its own shard of the data and
-batches the per-replica batch size. Every source (`datasets/sources.py`) enters through `Split.records`.
+  batches()      records -> check -> preprocess -> [cache] -> augment -> batch -> batch augment: graph ops only
+                 (serialisable, e.g. for the tf.data service)
+  client_tail()  the model's view of a batch (the task's `model_io`), the input clock's Python call,
+                 prefetch and options: what stays on the trainer
 
-`--cache` keeps decoded images, resized to `cache_size` (8/7 of the training size), before any random
-augmentation: training then takes plain random crops of the training size from the cached pixels (the classic
-"resize 256, crop 224" recipe, no resize per step), so every epoch still sees new crops. Without a cache,
-training uses random-resized crops (`Augment.crop_scale`) fused with JPEG decoding. Segmentation and
-detection data are letterboxed to the image size per example (and cached there, if asked) and augmented per
-batch (`datasets/augment.py`).
+`build_dataset` joins them; `make_input_fn` returns it as a function of a `tf.distribute.InputContext`, the
+form `strategy.distribute_datasets_from_function` takes: each input pipeline reads its own shard of the data
+and batches the per-replica batch size. Every source (`datasets/sources/`) enters through `Split.records`;
+what depends on the kind of labels comes from the config's recipe (`datasets/recipes.py`).
+
+`--cache` keeps the recipe's deterministic steps' output, before any random augmentation, so every epoch
+still sees new crops and augmentations.
 """
 
 from __future__ import annotations
@@ -20,50 +22,24 @@ from typing import Callable
 
 import tensorflow as tf
 
-from datasets import augment as augmentation
-from datasets import decode, spatial, validate
 from datasets.budget import physical_memory_bytes
-from datasets.sources import Split, Targets, shuffle_share
-
-CACHE_CHOICES = "none | memory | disk:PATH"
-
+from datasets.ops import decode
+from datasets.recipes import Recipe, compose
+from datasets.sources.base import Split, shuffle_share
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """How a split is read: everything that shapes the stream but not the data itself."""
 
-    image_size: int
+    recipe: Recipe
     global_batch_size: int
     training: bool
     seed: int = 0
     deterministic: bool = False
-    kind: str = "classification"  # which labels: one of augment.KINDS
-    augment: augmentation.Augment = augmentation.Augment()  # training only
-    ignore_value: int = 255  # segmentation: mask value of unlabelled pixels (padding included)
-    mask_classes: int = 256  # segmentation: mask values at or above this (but the ignore value) are errors
-    max_boxes: int = 100  # detection: boxes per image, padded
-    cache: str = "none"  # CACHE_CHOICES
+    cache: str = "none"  # none, memory or disk:PATH
     cache_name: str = "train"  # distinguishes splits inside a disk cache directory
     map_parallelism: int = 0  # parallel calls of every map and batch; 0: tf.data's autotuning
     prefetch_batches: int = -1  # batches prefetched at the end; -1: autotuned, 0: none
-
-    @property
-    def cache_size(self) -> int:
-        """Side of cached training images: classification crops come from a 8/7 larger image (256 for 224)."""
-        return round(self.image_size * 8 / 7) if self.training and self.kind == "classification" else self.image_size
-
-    @property
-    def targets(self) -> Targets:
-        """What the records must carry for `kind`."""
-        return Targets(masks=self.kind == "segmentation", max_boxes=self.max_boxes if self.kind == "detection" else 0)
-
-    @property
-    def output_keys(self) -> tuple[str, ...]:
-        """The keys of every batch (evaluation adds "weight"; detection evaluation the file "id" and the
-        "original_size" [h, w] that map boxes back to the original image)."""
-        if self.kind == "detection":
-            return ("image", "boxes", "classes") + (() if self.training else ("id", "original_size"))
-        return {"classification": ("image", "label"), "segmentation": ("image", "mask")}[self.kind]
 
 
 def dataset_options(deterministic: bool, prefetch: bool = True) -> tf.data.Options:
@@ -80,19 +56,13 @@ def dataset_options(deterministic: bool, prefetch: bool = True) -> tf.data.Optio
     return options
 
 
-def validate_cache(cache: str) -> None:
-    """Raises ValueError unless `cache` is one of CACHE_CHOICES."""
-    if cache not in ("none", "memory") and not (cache.startswith("disk:") and len(cache) > 5):
-        raise ValueError(f"--cache={cache} is not one of {CACHE_CHOICES}")
-
-
 def _cache(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.InputContext) -> tf.data.Dataset:
     if config.cache == "memory":
         return ds.cache()
     directory = config.cache[len("disk:"):]
     os.makedirs(directory, exist_ok=True)
-    name = (f"{config.cache_name}-{config.cache_size}px-pipeline{context.input_pipeline_id}"
-            f"of{context.num_input_pipelines}")
+    name = (f"{config.cache_name}-{config.recipe.cache_size(config.training)}px-pipeline"
+            f"{context.input_pipeline_id}of{context.num_input_pipelines}")
     return ds.cache(os.path.join(directory, name))
 
 
@@ -102,72 +72,50 @@ def _seeded(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.
     return tf.data.Dataset.zip(ds, seeds).map(lambda example, seed: {**example, "seed": seed})
 
 
-def _compose(*steps: Callable[[dict], dict]) -> Callable[[dict], dict]:
-    def apply(example: dict) -> dict:
-        for step in steps:
-            example = step(example)
-        return example
-
-    return apply
+def _keep(*keys: str) -> Callable[[dict], dict]:
+    return lambda example: {k: example[k] for k in keys}
 
 
-def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
-                  to_model_io: Callable[[dict], tuple] | None = None,
-                  on_ready: Callable[[], None] | None = None) -> tf.data.Dataset:
-    """Batches of `config.output_keys`: "image" uint8 [b, s, s, 3] and "label" int32 [b] (float32 [b, classes]
-    with MixUp/CutMix), or "mask" uint8 [b, s, s, 1], or "boxes" float32 [b, max_boxes, 4] and "classes".
+def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None
+            ) -> tf.data.Dataset:
+    """Batches of the recipe's `output_keys`, in graph ops only: "image" uint8 [b, s, s, 3] and the labels.
 
     Training repeats forever and drops the last partial batch. Evaluation adds "weight" (1 for real examples)
     and pads with zero-weight examples so that every input pipeline yields the same number of full batches,
     `eval_steps(...)`, then ends: no replica ever gets an empty or ragged batch, and shapes stay static. (A
     repeating evaluation dataset cost 3-13 s per epoch under MirroredStrategy: Keras drops the validation
     iterator every epoch, and dropping one with work in flight waits for it; measured.)
-    `to_model_io` (the task's) maps each batch to the tuple the model trains on. `on_ready`, if given, is
-    called (in Python, in stream order) as each batch is done, before the final prefetch: the engine times
-    how long training steps wait for their input with it.
     """
     context = context or tf.distribute.InputContext()
-    validate_cache(config.cache)
-    if config.kind not in augmentation.KINDS:
-        raise ValueError(f"kind {config.kind} is not one of {augmentation.KINDS}")
+    recipe = config.recipe
     batch_size = context.get_per_replica_batch_size(config.global_batch_size)
     cached = config.cache != "none"
     parallel = config.map_parallelism or tf.data.AUTOTUNE
-    augment = config.augment
-    ds = split.records(context, config.seed, shuffle=config.training and not cached, targets=config.targets)
-    checks = [validate.check_encoded] if "encoded" in ds.element_spec else []
-    keep = _keep(*config.output_keys)
-    if config.kind == "classification":
-        if config.training and not cached:  # random-resized crop fused with decoding
-            fixed, random = [], [*checks, decode.decode_random_crop(config.image_size, augment.crop_scale)]
-        else:  # the deterministic part (cacheable), then plain random crops of the cached size
-            fixed = [*checks, decode.decode_resize(config.cache_size)]
-            random = [decode.random_crop(config.image_size)] if config.training else []
-        random += augmentation.classification_example_steps(augment) if config.training else []
-    else:
-        # every example a mosaic tile: letterbox (and decode) at half size, tiles join without resampling
-        tiles_only = config.training and config.kind == "detection" and augment.mosaic >= 1.0
-        fit = config.image_size // 2 if tiles_only else config.image_size
-        fixed = [*checks, decode.decode_for_size(fit, config.mask_classes, config.ignore_value),
-                 spatial.letterbox(fit, config.ignore_value)]
-        random = []
+    ds = split.records(context, config.seed, shuffle=config.training and not cached, targets=recipe.targets)
+    fixed, random = recipe.training_steps(cached) if config.training else ([recipe.preprocess()], [])
+    if "encoded" in ds.element_spec:  # every encoded image is checked before it is decoded
+        fixed, random = ([decode.check_encoded, *fixed], random) if fixed else ([], [decode.check_encoded, *random])
+    keys = recipe.output_keys(config.training)
     if fixed:
-        ds = ds.map(_compose(*fixed, keep), num_parallel_calls=parallel)
+        ds = ds.map(compose(*fixed, _keep(*keys)), num_parallel_calls=parallel)
         ds = _cache(ds, config, context) if cached else ds
-    if config.training:
-        if cached:
-            ds = shuffle_share(ds, len(split), config.cache_size ** 2 * 3, context, config.seed)
-        ds = _seeded(ds.repeat(), config, context)
-        ds = ds.map(_compose(*random, _keep(*config.output_keys, "seed")), num_parallel_calls=parallel)
-        # Mosaic draws its tiles from four batches at once, then splits them: no example twice in a batch.
-        group = 4 if config.kind == "detection" and augment.mosaic else 1
-        ds = ds.batch(group * batch_size, drop_remainder=True, num_parallel_calls=parallel)
-        ds = ds.map(augmentation.batch_step(config.kind, augment, config.image_size, config.ignore_value),
-                    num_parallel_calls=parallel)
-        ds = ds.rebatch(batch_size, drop_remainder=True) if group > 1 else ds
-    else:
+    if not config.training:
         ds = _pad_to_full_batches(ds, len(split), config, context)
-        ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
+        return ds.batch(batch_size, drop_remainder=True, num_parallel_calls=parallel)
+    if cached:
+        ds = shuffle_share(ds, len(split), recipe.cache_size(True) ** 2 * 3, context, config.seed)
+    ds = _seeded(ds.repeat(), config, context)
+    ds = ds.map(compose(*random, _keep(*keys, "seed")), num_parallel_calls=parallel)
+    ds = ds.batch(recipe.batch_group * batch_size, drop_remainder=True, num_parallel_calls=parallel)
+    ds = ds.map(recipe.batch_step(), num_parallel_calls=parallel)
+    return ds.rebatch(batch_size, drop_remainder=True) if recipe.batch_group > 1 else ds
+
+
+def client_tail(ds: tf.data.Dataset, config: PipelineConfig, to_model_io: Callable[[dict], tuple] | None = None,
+                on_ready: Callable[[], None] | None = None) -> tf.data.Dataset:
+    """`ds` mapped by `to_model_io` (the task's: a batch to the tuple the model trains on), then, if given,
+    `on_ready` called (in Python, in stream order) as each batch is done, before the final prefetch: the
+    engine times how long training steps wait for their input with it."""
     if to_model_io is not None:
         ds = ds.map(to_model_io)
     if on_ready is not None:
@@ -175,6 +123,13 @@ def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.I
     if config.prefetch_batches:
         ds = ds.prefetch(tf.data.AUTOTUNE if config.prefetch_batches < 0 else config.prefetch_batches)
     return ds.with_options(dataset_options(config.deterministic, prefetch=config.prefetch_batches != 0))
+
+
+def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
+                  to_model_io: Callable[[dict], tuple] | None = None,
+                  on_ready: Callable[[], None] | None = None) -> tf.data.Dataset:
+    """The whole pipeline for one input pipeline: `batches`, then `client_tail`."""
+    return client_tail(batches(split, config, context), config, to_model_io, on_ready)
 
 
 def _calling(function: Callable[[], None]) -> Callable:
@@ -189,10 +144,6 @@ def _calling(function: Callable[[], None]) -> Callable:
     return apply
 
 
-def _keep(*keys: str) -> Callable[[dict], dict]:
-    return lambda example: {k: example[k] for k in keys}
-
-
 def eval_steps(num_examples: int, global_batch_size: int) -> int:
     """Number of (padded, full) global batches one evaluation pass yields."""
     return -(-num_examples // global_batch_size)
@@ -204,12 +155,7 @@ def _pad_to_full_batches(ds: tf.data.Dataset, num_examples: int, config: Pipelin
     pipelines, pipeline_id = context.num_input_pipelines, context.input_pipeline_id
     padded_total = eval_steps(num_examples, config.global_batch_size) * config.global_batch_size
     shard_size = len(range(pipeline_id, num_examples, pipelines))
-    pad = {key: tf.zeros(spec.shape, spec.dtype) for key, spec in ds.element_spec.items()}
-    if "classes" in pad:
-        pad["classes"] -= 1  # no boxes
-    if "mask" in pad:
-        pad["mask"] += config.ignore_value
-    pad["weight"] = tf.constant(0.0, tf.float32)
+    pad = {**config.recipe.padding(ds.element_spec), "weight": tf.constant(0.0, tf.float32)}
     ds = ds.map(lambda example: {**example, "weight": tf.constant(1.0, tf.float32)})
     return ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padded_total // pipelines - shard_size))
 

@@ -19,16 +19,17 @@ import keras
 import tensorflow as tf
 
 from datasets import pipeline
-from datasets.sources import Examples
+from datasets.sources.base import Examples
 from engine import callbacks as engine_callbacks
-from engine import train as engine
+from engine.fit import throughput_logger
+from engine.job import Job
 
 BOUND_MARGIN = 1.1  # one side must be this much faster than the other for a verdict; else balanced
 
 
-def _input_alone(job: engine.Job, steps: int) -> float:
+def _input_alone(job: Job, steps: int) -> float:
     """Global images/s of the distributed training input alone."""
-    iterator = iter(engine.distributed_dataset(job.strategy, job.train_split, job.task, job.config, training=True))
+    iterator = iter(job.dataset(training=True))
     for _ in range(steps):
         next(iterator)
     started = time.perf_counter()
@@ -37,7 +38,7 @@ def _input_alone(job: engine.Job, steps: int) -> float:
     return steps * job.config.batch_size / (time.perf_counter() - started)
 
 
-def _fit_rate(job: engine.Job, model: keras.Model, dataset, steps: int,
+def _fit_rate(job: Job, model: keras.Model, dataset, steps: int,
               logger: engine_callbacks.ThroughputLogger) -> dict:
     """Images/s (and input wait, if `logger` has a clock) of the second of two `steps`-step epochs."""
     history = model.fit(dataset, epochs=2, steps_per_epoch=steps, callbacks=[logger], verbose=job.config.verbose)
@@ -45,9 +46,9 @@ def _fit_rate(job: engine.Job, model: keras.Model, dataset, steps: int,
     return {"images_per_second": last["images_per_second"], "input_wait_fraction": last.get("input_wait_fraction")}
 
 
-def one_batch_repeated(job: engine.Job):
+def one_batch_repeated(job: Job) -> tf.distribute.DistributedDataset:
     """One real batch per input pipeline, decoded and augmented once, then repeated from memory."""
-    config = engine.pipeline_config(job.config, job.task, training=True)
+    config = job.pipeline_config(training=True)
 
     def input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return pipeline.build_dataset(job.train_split, config, context, job.task.model_io).take(1).cache().repeat()
@@ -55,9 +56,9 @@ def one_batch_repeated(job: engine.Job):
     return job.strategy.distribute_datasets_from_function(input_fn)
 
 
-def knobs(job: engine.Job, input_bound: bool) -> list[str]:
+def knobs(job: Job, input_bound: bool) -> list[str]:
     """What to try, given which side limits the step."""
-    config, kind = job.config, job.config.resolved.get("device_kind", "CPU")
+    config, kind = job.config, job.device.kind
     if input_bound:
         found = []
         if config.map_parallelism:
@@ -76,9 +77,9 @@ def knobs(job: engine.Job, input_bound: bool) -> list[str]:
             found.append("on CPU, input and step share the same cores: what one gains the other loses")
         return found
     found = []
-    if config.resolved.get("precision") == "float32" and kind != "CPU":
+    if job.numerics.precision == "float32" and kind != "CPU":
         found.append(f"--precision={'mixed_bfloat16' if kind == 'TPU' else 'mixed_float16'}")
-    if not config.resolved.get("jit_compile") and kind != "CPU":
+    if not job.numerics.jit_compile and kind != "CPU":
         found.append("--jit_compile=true (XLA)")
     if kind == "CPU":
         found.append("on CPU, mixed_bfloat16 and XLA help some models and hurt others: "
@@ -99,17 +100,16 @@ def verdict(input_rate: float, step_rate: float) -> tuple[str, float]:
     return "balanced", max(input_rate, step_rate) / min(input_rate, step_rate)
 
 
-def run(job: engine.Job, model: keras.Model) -> dict:
+def run(job: Job, model: keras.Model) -> dict:
     """Measures input alone, step alone and end to end; prints the table and verdict; writes benchmark.json."""
     steps, replicas = job.config.benchmark_steps, job.strategy.num_replicas_in_sync
     print(f"[benchmark] 1/3 input alone: {steps} warm-up + {steps} timed batches", flush=True)
     input_rate = _input_alone(job, steps)
     print(f"[benchmark] 2/3 train step alone on a batch repeated from memory: 2 x {steps} steps", flush=True)
-    step = _fit_rate(job, model, one_batch_repeated(job), steps, engine.throughput_logger(job, input_wait=False))
+    step = _fit_rate(job, model, one_batch_repeated(job), steps, throughput_logger(job, input_wait=False))
     print(f"[benchmark] 3/3 end to end: 2 x {steps} steps", flush=True)
-    logger = engine.throughput_logger(job)
-    real_input = engine.distributed_dataset(job.strategy, job.train_split, job.task, job.config, training=True,
-                                            on_ready=logger.clock.note if logger.clock else None)
+    logger = throughput_logger(job)
+    real_input = job.dataset(training=True, on_ready=logger.clock.note if logger.clock else None)
     end_to_end = _fit_rate(job, model, real_input, steps, logger)
     bound, factor = verdict(input_rate, step["images_per_second"])
     result = {
@@ -119,7 +119,8 @@ def run(job: engine.Job, model: keras.Model) -> dict:
         "end_to_end_input_wait_fraction": end_to_end["input_wait_fraction"],
         "replicas": replicas, "global_batch_size": job.config.batch_size, "steps": steps,
         "verdict": bound, "factor": factor, "knobs": knobs(job, bound == "input-bound") if bound != "balanced" else [],
-        **{k: job.config.resolved[k] for k in ("strategy", "device_kind", "precision", "jit_compile")},
+        "strategy": type(job.strategy).__name__, "device_kind": job.device.kind,
+        "precision": job.numerics.precision, "jit_compile": job.numerics.jit_compile,
         "task": job.config.task, "model": job.config.model, "dataset": job.config.dataset,
     }
     rows = [("input alone", input_rate), ("step alone", step["images_per_second"]),

@@ -76,17 +76,23 @@ class ThroughputLogger(keras.callbacks.Callback):
         return float(np.median(rates)) if rates else None
 
 
-class MetricDetails(keras.callbacks.Callback):
-    """Adds the `details()` of metrics that have them (per-class IoU, pixel accuracy) to each epoch's logs,
-    as validation values ("val_" prefix) when the epoch was validated."""
+def metric_details(model: keras.Model) -> dict[str, float]:
+    """The `details()` (per-class IoU, pixel accuracy, ...) of the metrics compiled into `model` that have them.
+    Keras keeps the compiled metrics inside one CompileMetrics, whose `metrics` lists them."""
+    found = {}
+    for metric in model.metrics:
+        for inner in getattr(metric, "metrics", [metric]):
+            if hasattr(inner, "details"):
+                found.update(inner.details())
+    return found
 
-    def __init__(self, metrics: list):
-        super().__init__()
-        self.metrics = [m for m in metrics if hasattr(m, "details")]
+
+class MetricDetails(keras.callbacks.Callback):
+    """Adds `metric_details` to each epoch's logs, as validation values ("val_" prefix) when the epoch was
+    validated (the metrics then hold the validation pass)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
         prefix = "val_" if "val_loss" in logs else ""
-        for metric in self.metrics:
-            logs.update({prefix + key: value for key, value in metric.details().items()})
+        logs.update({prefix + key: value for key, value in metric_details(self.model).items()})

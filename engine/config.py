@@ -1,19 +1,36 @@
-"""The run configuration: one field per `launch.py` flag, same names, plus what was resolved at start."""
+"""The run configuration: one field per `launch.py` flag, same names, and the option lists of the flags that
+take one of a few values (each listed once, here). Nothing here imports TensorFlow: launch.py defines its
+flags from this module before TensorFlow starts.
+
+A Config is never changed once made. `engine/job.py` makes the run's own copy with the task's defaults for
+the flags not given (`dataclasses.replace`), which is what `config.json` holds.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+
+TASKS = ("classification", "segmentation", "detection")  # engine/tasks/
+MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview", "benchmark")  # engine/run.py
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")  # engine/devices.py
+OPTIMIZERS = ("sgd", "adam", "adamw")  # engine/optim.py
+LR_SCHEDULES = ("cosine", "constant")  # engine/optim.py
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # engine/precision.py
+JIT_CHOICES = ("auto", "true", "false")  # engine/precision.py
+CACHE_CHOICES = "none | memory | disk:PATH"  # datasets/pipeline.py
+CHOICES = {"task": TASKS, "mode": MODES, "strategy": STRATEGIES, "optimizer": OPTIMIZERS,
+           "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS, "jit_compile": JIT_CHOICES}
 
 
 class FlagError(ValueError):
     """A flag value that cannot work; the message names the flag."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a run needs. Field names equal the flag names of launch.py."""
+    """Everything a run needs. Field names equal the flag names of launch.py. None: the task's default for
+    the model (the `defaults` of engine/tasks/*.py)."""
 
     task: str = "classification"
     dataset: str = "shapes"
@@ -26,7 +43,7 @@ class Config:
     prefetch_batches: int = -1
     data_dir: str = ""
     tfds_download: bool = False
-    model: str | None = None  # None here and below: the task's default (engine/tasks.py TASK_DEFAULTS)
+    model: str | None = None
     weights: str = ""
     strategy: str = "default"
     cpu_replicas: int = 2
@@ -52,7 +69,7 @@ class Config:
     deterministic: bool = False
     skip_bad_files: bool = False
     flip: bool = True
-    color_jitter: float | None = None  # None: the task's default for the model (engine/tasks.py)
+    color_jitter: float | None = None
     hue: float | None = None
     randaugment_ops: int | None = None
     randaugment_magnitude: float = 9.0
@@ -74,13 +91,29 @@ class Config:
     profile_steps: str = ""
     benchmark_steps: int = 30
     verbose: int = 1
-    resolved: dict = dataclasses.field(default_factory=dict)
 
-    def write(self, path: str) -> None:
-        """Writes the configuration, resolved values included, as JSON."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(dataclasses.asdict(self), f, indent=2, sort_keys=True)
+    def __post_init__(self):
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise FlagError(f"--{name}={getattr(self, name)} is unknown; choose one of {', '.join(choices)}")
+        if self.cache not in ("none", "memory") and not (self.cache.startswith("disk:") and len(self.cache) > 5):
+            raise FlagError(f"--cache={self.cache} is not one of {CACHE_CHOICES}")
+        if len(self.mask_dirs) != 2:
+            raise FlagError(f"--mask_dirs={','.join(self.mask_dirs)} must name two folders: IMAGES,MASKS")
+        profile_batches(self.profile_steps)
+
+
+def profile_batches(profile_steps: str) -> tuple[int, int] | int:
+    """`--profile_steps=START,STOP` as Keras' TensorBoard callback takes it (0: no profile)."""
+    if not profile_steps:
+        return 0
+    try:
+        start, stop = (int(step) for step in profile_steps.split(","))
+    except ValueError:
+        raise FlagError(f"--profile_steps={profile_steps} must be two step numbers, START,STOP") from None
+    if not 1 <= start <= stop:
+        raise FlagError(f"--profile_steps={profile_steps} needs 1 <= START <= STOP")
+    return start, stop
 
 
 def default_cache_dir() -> str:

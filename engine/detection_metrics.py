@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from datasets.ops import spatial
+
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -107,22 +109,14 @@ def coco_map(ground_truth: dict, results: list[dict]) -> dict:
             "per_class_ap50": per_class_50, "per_class_ap50_95": per_class_50_95}
 
 
-def _to_original(boxes: np.ndarray, original_size: np.ndarray, size: int) -> np.ndarray:
-    """Boxes in the pixels of a `size` letterbox (datasets/spatial.py) back in the original image's pixels."""
-    height, width = (float(v) for v in original_size)
-    scale = size / max(height, width)
-    left, top = np.floor((size - round(width * scale)) / 2), np.floor((size - round(height * scale)) / 2)
-    x_scale, y_scale = round(width * scale) / width, round(height * scale) / height
-    out = (np.asarray(boxes, np.float64) - [left, top, left, top]) / [x_scale, y_scale, x_scale, y_scale]
-    return np.clip(out, 0.0, [width, height, width, height])
-
-
 def detector(model: keras.Model):
-    """`model` (a keras-cv YOLOV8Detector) with its non-max suppression, as one compiled function of images."""
+    """`model` (a keras-cv YOLOV8Detector) with its non-max suppression, as one compiled function of letterboxed
+    images and their original [h, w]: boxes in the original images' pixels."""
 
     @tf.function
-    def detect(images):
-        return model.decode_predictions(model(images, training=False), images)
+    def detect(images, original_size):
+        found = model.decode_predictions(model(images, training=False), images)
+        return {**found, "boxes": spatial.unletterbox_boxes(found["boxes"], original_size, images.shape[1])}
 
     return detect
 
@@ -133,18 +127,17 @@ def predict_split(detect, dataset: tf.data.Dataset) -> tuple[list[dict], list[di
     examples left out."""
     truth, found = [], []
     for batch in dataset:
-        size = int(batch["image"].shape[1])
-        predicted = {k: v.numpy() for k, v in detect(batch["image"]).items()}
+        predicted = {k: v.numpy() for k, v in detect(batch["image"], batch["original_size"]).items()}
+        true_boxes = spatial.unletterbox_boxes(batch["boxes"], batch["original_size"], batch["image"].shape[1])
         batch = {k: v.numpy() for k, v in batch.items() if k != "image"}
         for i in np.flatnonzero(batch["weight"] > 0):
             real = batch["classes"][i] >= 0
             count = int(predicted["num_detections"][i])
             height, width = batch["original_size"][i]
             truth.append({"file_name": batch["id"][i].decode(), "height": height, "width": width,
-                          "boxes": _to_original(batch["boxes"][i][real], batch["original_size"][i], size),
-                          "classes": batch["classes"][i][real]})
-            found.append({"boxes": _to_original(predicted["boxes"][i][:count], batch["original_size"][i], size),
-                          "scores": predicted["confidence"][i][:count], "classes": predicted["classes"][i][:count]})
+                          "boxes": true_boxes[i].numpy()[real], "classes": batch["classes"][i][real]})
+            found.append({"boxes": predicted["boxes"][i][:count], "scores": predicted["confidence"][i][:count],
+                          "classes": predicted["classes"][i][:count]})
     return truth, found
 
 

@@ -14,8 +14,6 @@ import tensorflow as tf
 
 from engine.config import FlagError
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")
-
 
 class StrategyError(FlagError):
     """A strategy that cannot run here, or a batch size it cannot split; names the flag at fault."""
@@ -61,9 +59,8 @@ def _split_cpu(replicas: int) -> list[str]:
 
 
 def build_strategy(name: str, cpu_replicas: int = 2, tpu: str = "") -> tuple[tf.distribute.Strategy, DeviceInfo]:
-    """Creates the strategy `name`; call before any other TensorFlow work in the process."""
-    if name not in STRATEGIES:
-        raise StrategyError(f"--strategy={name} is unknown; choose one of {', '.join(STRATEGIES)}")
+    """Creates the strategy `name` (one of config.STRATEGIES); call before any other TensorFlow work in the
+    process."""
     if name == "tpu":
         return _tpu_strategy(tpu)
     gpus = [f"/gpu:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
@@ -84,6 +81,8 @@ def build_strategy(name: str, cpu_replicas: int = 2, tpu: str = "") -> tuple[tf.
                 raise StrategyError(f"--cpu_replicas={cpu_replicas} must be at least 1")
             devices = _split_cpu(cpu_replicas)
         return _mirrored(tuple(devices)), DeviceInfo(kind, tuple(devices), capability, bf16)
+    if name != "multi_worker_mirrored":
+        raise StrategyError(f"--strategy={name} is unknown")
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     return strategy, DeviceInfo(kind, tuple(gpus or ["/cpu:0"]), capability, bf16)
 

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import keras
 
-from engine.config import FlagError
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "constant")
 
 
 def learning_rate_schedule(base_rate: float, schedule: str, warmup_steps: int, total_steps: int
                            ) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """Linear warmup to `base_rate` over `warmup_steps`, then cosine decay to 0 at `total_steps` (or flat)."""
-    if schedule not in SCHEDULES:
-        raise FlagError(f"--lr_schedule={schedule} is unknown; choose one of {', '.join(SCHEDULES)}")
+    """Linear warmup to `base_rate` over `warmup_steps`, then cosine decay to 0 at `total_steps` (`schedule`
+    "cosine") or flat ("constant")."""
     if schedule == "constant" and not warmup_steps:
         return base_rate
     warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
@@ -28,16 +23,14 @@ def learning_rate_schedule(base_rate: float, schedule: str, warmup_steps: int, t
 
 def build_optimizer(name: str, learning_rate, weight_decay: float = 0.0, momentum: float = 0.9
                     ) -> keras.optimizers.Optimizer:
-    """SGD with Nesterov momentum, Adam, or AdamW; weight decay skips biases and normalisation scales."""
-    if name == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True,
-                                         weight_decay=weight_decay or None)
-    elif name == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate)
-    elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-    else:
-        raise FlagError(f"--optimizer={name} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    """SGD with Nesterov momentum, Adam, or AdamW (`name`, one of config.OPTIMIZERS); weight decay skips biases
+    and normalisation scales."""
+    optimizer = {
+        "sgd": lambda: keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True,
+                                            weight_decay=weight_decay or None),
+        "adam": lambda: keras.optimizers.Adam(learning_rate),
+        "adamw": lambda: keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
+    }[name]()
     if weight_decay:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer

@@ -1,1 +1,1 @@
-"""Models for classification (and later segmentation and detection)."""
+"""Models for classification, segmentation and detection: uint8 images in, float32 outputs."""

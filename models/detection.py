@@ -23,7 +23,7 @@ SIZES = {
     "yolov8_s": ([64, 128, 256, 512], [1, 2, 2, 1], 2),
     "yolov8_m": ([96, 192, 384, 576], [2, 4, 4, 2], 2),
 }
-LARGE = {"yolov8_s", "yolov8_m"}  # the sizes that get the full YOLO augmentation by default (engine/tasks.py)
+LARGE = {"yolov8_s", "yolov8_m"}  # sizes with the full YOLO augmentation by default (engine/tasks/detection.py)
 STRIDE = 32  # the coarsest feature map's stride: input sizes must divide by it
 
 

@@ -10,7 +10,7 @@ from engine import quiet
 
 quiet.import_tensorflow_quietly()
 
-from datasets import shapes  # noqa: E402
+from datasets.sources import shapes  # noqa: E402
 from engine import devices  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from datasets import decode, geometry, mixing, pipeline, preview, sources, spatial
-from datasets.augment import Augment
-from datasets.randaugment import NUM_OPS, operations
+from datasets import pipeline, preview
+from datasets.ops import decode, geometry, mixing, spatial
+from datasets.ops.randaugment import NUM_OPS, operations
+from datasets.recipes import Augment, ClassificationRecipe, DetectionRecipe, SegmentationRecipe
+from datasets.sources import shapes
+from datasets.sources.base import Targets
 
 SIZE = 96
 STRONG = {
@@ -24,8 +27,8 @@ STRONG = {
 def _instances(tiny_shapes, count=8, seed=0):
     """Letterboxed shapes examples whose mask holds instance ids (unique in the batch) and whose box classes
     are those ids - 1; the image shows each instance as the colour (7 x id, 255, 0) on black."""
-    split = sources.shapes_source(tiny_shapes).splits["train"]
-    records = split.records(tf.distribute.InputContext(), seed, True, sources.Targets(masks=True, max_boxes=4))
+    split = shapes.shapes_source(tiny_shapes).splits["train"]
+    records = split.records(tf.distribute.InputContext(), seed, True, Targets(masks=True, max_boxes=4))
     fit = spatial.letterbox(SIZE, 255)
     examples = [fit(decode.decode_for_size(SIZE)(r)) for r in records.take(count)]
     masks = np.stack([e["mask"].numpy()[..., 0] for e in examples])
@@ -145,16 +148,19 @@ def test_mixup_and_cutmix_labels_sum_to_one_and_cutmix_weighs_the_pasted_area():
         np.testing.assert_allclose(mixed.numpy().sum(axis=1), 1.0, atol=1e-6)
 
 
-def _pipeline(split, kind, seed, training=True, augment=None):
-    config = pipeline.PipelineConfig(image_size=48, global_batch_size=8, training=training, seed=seed,
-                                     deterministic=True, kind=kind,
-                                     augment=augment or (STRONG[kind] if training else Augment()), max_boxes=4)
+RECIPES = {"classification": ClassificationRecipe, "segmentation": SegmentationRecipe,
+           "detection": lambda size, augment: DetectionRecipe(size, augment, max_boxes=4)}
+
+
+def _pipeline(split, kind, seed, training=True):
+    recipe = RECIPES[kind](48, STRONG[kind] if training else Augment())
+    config = pipeline.PipelineConfig(recipe, global_batch_size=8, training=training, seed=seed, deterministic=True)
     return pipeline.build_dataset(split, config)
 
 
 @pytest.mark.parametrize("kind", sorted(STRONG))
 def test_shapes_are_static_and_same_seed_gives_identical_batches(tiny_shapes, kind):
-    split = sources.shapes_source(tiny_shapes).splits["train"]
+    split = shapes.shapes_source(tiny_shapes).splits["train"]
     for training in (True, False):
         for key, spec in _pipeline(split, kind, 0, training).element_spec.items():
             assert spec.shape.is_fully_defined(), (kind, training, key, spec.shape)
@@ -188,7 +194,7 @@ def test_randaugment_operations_keep_shape_and_are_identity_at_magnitude_zero():
 
 @pytest.mark.parametrize("kind", ["segmentation", "detection"])
 def test_preview_draws_masks_and_boxes(tiny_shapes, tmp_path, kind):
-    split = sources.shapes_source(tiny_shapes).splits["train"]
+    split = shapes.shapes_source(tiny_shapes).splits["train"]
     batch = next(_pipeline(split, kind, 0).as_numpy_iterator())
     paths = preview.write([batch], ["circle", "square", "triangle", "star", "cross"], str(tmp_path))
     picture = tf.io.decode_png(tf.io.read_file(paths[0])).numpy()

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from datasets import pipeline, sources, validate
-from engine import train
+from datasets import pipeline, tools
+from datasets.recipes import ClassificationRecipe
+from datasets.sources import folder, shapes
+from datasets.sources.base import DataError
 from tests.conftest import run_launch
 
 
@@ -51,7 +53,7 @@ def _folder(root, bad_name=None, split="val"):
 
 
 def _read_all(split, training):
-    config = pipeline.PipelineConfig(image_size=16, global_batch_size=2, training=training)
+    config = pipeline.PipelineConfig(ClassificationRecipe(16), global_batch_size=2, training=training)
     steps = len(split) if training else pipeline.eval_steps(len(split), 2)
     for _ in pipeline.build_dataset(split, config).take(steps):
         pass
@@ -61,10 +63,10 @@ def _read_all(split, training):
 @pytest.mark.parametrize("training", [False, True])
 def test_bad_file_stops_the_run_with_its_name(tmp_path, bad_name, training):
     bad_path = _folder(str(tmp_path), bad_name, split="train" if training else "val")
-    source = sources.folder_source(str(tmp_path), 0.2, 0)
+    source = folder.folder_source(str(tmp_path), 0.2, 0)
     split = source.splits["train" if training else "val"]
-    with pytest.raises(sources.DataError, match=bad_path.replace(".", r"\.")):
-        with train._naming_bad_files(source):
+    with pytest.raises(DataError, match=bad_path.replace(".", r"\.")):
+        with tools.naming_bad_files(source):
             _read_all(split, training)
 
 
@@ -74,8 +76,8 @@ def test_scan_finds_and_skip_drops_exactly_the_bad_files(tmp_path):
         planted.append(_folder(str(tmp_path), None) or os.path.join(tmp_path, "train", "a", name))
         with open(planted[-1], "wb") as f:
             f.write(data)
-    source = sources.folder_source(str(tmp_path), 0.2, 0)
-    dropped = validate.drop_bad_files(source)
+    source = folder.folder_source(str(tmp_path), 0.2, 0)
+    dropped = tools.drop_bad_files(source)
     assert sorted(dropped["train"]) == sorted(planted) and dropped["val"] == {}
     assert dropped["train"][os.path.join(tmp_path, "train", "a", "zero.jpg")] == "zero bytes"
     assert len(source.splits["train"]) == 8
@@ -83,6 +85,7 @@ def test_scan_finds_and_skip_drops_exactly_the_bad_files(tmp_path):
     _read_all(source.splits["train"], training=True)
 
 
+@pytest.mark.slow
 def test_skip_bad_files_flag_counts_and_logs(tmp_path):
     bad_path = _folder(str(tmp_path / "data"), "truncated.jpg", split="train")
     result = run_launch(f"--dataset=folder:{tmp_path / 'data'}", "--skip_bad_files", "--epochs=1",
@@ -96,6 +99,7 @@ def test_skip_bad_files_flag_counts_and_logs(tmp_path):
     assert result.returncode == 2 and bad_path in result.stderr and "--skip_bad_files" in result.stderr
 
 
+@pytest.mark.slow
 def test_inspect_reports_planted_problems(tmp_path):
     root = str(tmp_path / "data")
     bad_path = _folder(root, "text.jpg", split="train")
@@ -125,6 +129,6 @@ def test_inspect_finds_labels_without_images(tiny_shapes, tmp_path):
     shutil.copytree(tiny_shapes, copy)
     missing = os.path.join(copy, "val", "images", "val_000003.jpg")
     os.remove(missing)
-    report = validate.inspect(sources.shapes_source(copy))
+    report = tools.inspect(shapes.shapes_source(copy))
     assert report["splits"]["val"]["labels_without_images"] == [missing]
     assert report["splits"]["train"]["bad_files"] == {}

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from datasets import box_sources, pipeline, polygons, spec, tfrecord, validate
-from datasets.sources import DataError
+from datasets import pipeline
+from datasets.recipes import DetectionRecipe
+from datasets.sources import polygons, spec, tfrecord, voc, yolo
+from datasets.sources.base import DataError
 from tests.conftest import SHARED_DATA
 
 COCO8 = os.path.join(SHARED_DATA, "coco8")
@@ -119,8 +121,8 @@ def _write_coco(root):
 
 def _pipeline_boxes(split, max_boxes=4, size=SIZE):
     """Each example's letterboxed boxes and classes, in order, from the real evaluation pipeline."""
-    config = pipeline.PipelineConfig(image_size=size, global_batch_size=len(split), training=False,
-                                     kind="detection", max_boxes=max_boxes, deterministic=True)
+    config = pipeline.PipelineConfig(DetectionRecipe(size, max_boxes=max_boxes), global_batch_size=len(split),
+                                     training=False, deterministic=True)
     batch = next(pipeline.build_dataset(split, config).as_numpy_iterator())
     return [(boxes[classes >= 0], classes[classes >= 0]) for boxes, classes in zip(batch["boxes"], batch["classes"])]
 
@@ -148,8 +150,8 @@ def test_yolo_boxes_come_out_in_pixels(tmp_path, layout):
     assert (len(source.splits["train"]), len(source.splits["val"])) == (3, 2)
     assert source.splits["val"].labels == [-1, -1] and source.splits["val"].boxes_normalised
     assert [os.path.basename(p) for p in source.notes["images_without_labels"]] == ["val1.jpg"]
-    assert box_sources.most_boxes(source.splits["train"]) == 2
-    assert validate.without(source.splits["val"], {source.notes["images_without_labels"][0]}).boxes_normalised
+    assert source.splits["train"].most_boxes() == 2
+    assert source.splits["val"].subset([0]).boxes_normalised
     _check_through_pipeline(source, expected)
 
 
@@ -159,13 +161,13 @@ def test_yolo_yaml_with_a_list_of_folders_and_a_txt_file_of_images(tmp_path):
         f.write("./images/val/val0.jpg\nimages/val/val1.jpg\n")
     with open(tmp_path / "data.yaml", "w") as f:
         f.write(f"path: {tmp_path}\ntrain: [images/train]\nval: val.txt\nnames: [cat, dog]\n")
-    source = box_sources.yolo_source(str(tmp_path / "data.yaml"))
+    source = yolo.yolo_source(str(tmp_path / "data.yaml"))
     assert source.box_class_names == NAMES and (len(source.splits["train"]), len(source.splits["val"])) == (3, 2)
     _check_through_pipeline(source, expected)
     with open(tmp_path / "val.txt", "a") as f:
         f.write("images/val/gone.jpg\n")
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'val.txt'}:3: image ") + ".*gone.jpg"):
-        box_sources.yolo_source(str(tmp_path / "data.yaml"))
+        yolo.yolo_source(str(tmp_path / "data.yaml"))
 
 
 @pytest.mark.parametrize("image_sets", [True, False])
@@ -207,7 +209,7 @@ def test_bad_yolo_lines_name_the_file_and_line_or_are_dropped(tmp_path, caplog, 
     with open(label, "a") as f:
         f.write(YOLO_BAD_LINES[problem] + "\n")
     with pytest.raises(DataError, match=re.escape(f"{label}:3: ") + ".*--skip_bad_labels"):
-        box_sources.yolo_source(str(tmp_path / "data.yaml"))
+        yolo.yolo_source(str(tmp_path / "data.yaml"))
     source = spec.load(f"yolo:{tmp_path}", cache_dir="", skip_bad_labels=True)
     assert [note.split(": ")[0] for note in source.notes["dropped_boxes"]] == [f"{label}:3"]
     assert "dropped 1 bad boxes" in caplog.text
@@ -222,8 +224,8 @@ def test_yolo_boxes_slightly_outside_are_clipped_and_labels_without_images_are_e
     with open(ghost, "w") as f:
         f.write("0 0.5 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=re.escape(ghost) + ".*without an image"):
-        box_sources.yolo_source(str(tmp_path / "data.yaml"))
-    source = box_sources.yolo_source(str(tmp_path / "data.yaml"), skip_bad_labels=True)
+        yolo.yolo_source(str(tmp_path / "data.yaml"))
+    source = yolo.yolo_source(str(tmp_path / "data.yaml"), skip_bad_labels=True)
     assert source.notes["labels_without_images"] == [ghost] and not source.notes["dropped_boxes"]
     np.testing.assert_allclose(source.splits["val"].boxes[0], [[0.796, 0.4, 1.0, 0.6]], atol=1e-6)
 
@@ -240,13 +242,13 @@ def test_bad_voc_objects_name_the_file_and_object_or_are_dropped(tmp_path, name,
     with open(xml, "w") as f:
         f.write(_voc_xml("im1.jpg", [(NAMES[c], b) for b, c in zip(boxes, classes)] + [(name, box)]))
     with pytest.raises(DataError, match=re.escape(f"{xml} object 3: ") + f".*{message}.*--skip_bad_labels"):
-        box_sources.voc_source(str(tmp_path), class_names=NAMES)
-    source = box_sources.voc_source(str(tmp_path), skip_bad_labels=True, class_names=NAMES)
+        voc.voc_source(str(tmp_path), class_names=NAMES)
+    source = voc.voc_source(str(tmp_path), skip_bad_labels=True, class_names=NAMES)
     assert len(source.notes["dropped_boxes"]) == 1 and message in source.notes["dropped_boxes"][0]
     _check_through_pipeline(source, expected)
     os.remove(tmp_path / "JPEGImages" / "im1.jpg")
     with pytest.raises(DataError, match=re.escape(xml) + ".*im1.jpg"):
-        box_sources.voc_source(str(tmp_path), skip_bad_labels=False)
+        voc.voc_source(str(tmp_path), skip_bad_labels=False)
 
 
 def test_bad_coco_boxes_name_the_file_or_are_dropped(tmp_path):
@@ -279,7 +281,7 @@ def test_tfrecord_shards_keep_the_boxes(tmp_path, kind):
     converted = tfrecord.tfrecord_source(str(tmp_path / "shards"))
     assert converted.box_class_names == source.box_class_names and not converted.image_labels
     for name, split in converted.splits.items():
-        assert box_sources.most_boxes(split) == box_sources.most_boxes(source.splits[name])
+        assert split.most_boxes() == source.splits[name].most_boxes()
         by_first_box = lambda found: sorted(found, key=lambda bc: tuple(bc[0].ravel()))  # noqa: E731
         loose, shards = (by_first_box(_pipeline_boxes(s)) for s in (source.splits[name], split))
         assert len(loose) == len(shards) == len(split)
@@ -295,7 +297,7 @@ def test_tfrecord_shards_keep_the_boxes(tmp_path, kind):
 
 @pytest.mark.skipif(not os.path.isdir(COCO8), reason="../shared/data/coco8 is absent")
 def test_coco8_yaml():
-    source = box_sources.yolo_source(os.path.join(COCO8, "data.yaml"))
+    source = yolo.yolo_source(os.path.join(COCO8, "data.yaml"))
     assert len(source.box_class_names) == 80 and source.box_class_names[:3] == ["person", "bicycle", "car"]
     assert (len(source.splits["train"]), len(source.splits["val"])) == (4, 4)
     assert not any(source.notes.values())
@@ -304,7 +306,7 @@ def test_coco8_yaml():
     assert len(boxes) == 30 and boxes.min() >= 0 and boxes.max() <= 1 and np.all(boxes[:, 2:] > boxes[:, :2])
     assert classes.min() >= 0 and classes.max() < 80
     val = source.splits["val"]
-    found = _pipeline_boxes(val, max_boxes=box_sources.most_boxes(val), size=320)
+    found = _pipeline_boxes(val, max_boxes=val.most_boxes(), size=320)
     assert sum(len(classes) for _, classes in found) == sum(len(classes) for classes in val.box_classes)
     assert all(boxes.min() >= 0 and boxes.max() <= 320 for boxes, _ in found if len(boxes))
 
@@ -313,8 +315,8 @@ def test_coco8_yaml():
 def test_bccd_has_two_zero_size_boxes():
     zero_size = r"BloodImage_00338\.xml object 13|BloodImage_00343\.xml object 4"
     with pytest.raises(DataError, match=zero_size):
-        box_sources.voc_source(BCCD)
-    source = box_sources.voc_source(BCCD, skip_bad_labels=True)
+        voc.voc_source(BCCD)
+    source = voc.voc_source(BCCD, skip_bad_labels=True)
     assert source.box_class_names == ["Platelets", "RBC", "WBC"]
     assert {name: len(split) for name, split in source.splits.items()} == {"train": 205, "val": 87, "test": 72}
     assert len(source.notes["dropped_boxes"]) == 2

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import keras
 
-from datasets import pipeline, sources
+from datasets import pipeline
+from datasets.recipes import ClassificationRecipe
+from datasets.sources import shapes
 from engine import devices, precision, tasks
 from engine.config import Config, FlagError
 
@@ -36,13 +38,16 @@ def test_explicit_flags_win_over_auto():
     assert (resolved.precision, resolved.jit_compile) == ("mixed_bfloat16", True)
 
 
-@pytest.mark.parametrize("args", [("float64", "auto"), ("auto", "maybe")])
-def test_unknown_numerics_name_the_flag(args):
-    with pytest.raises(FlagError, match="--precision|--jit_compile"):
-        precision.resolve(*args, CPU)
+@pytest.mark.parametrize("flags, named", [({"precision": "float64"}, "--precision=float64"),
+                                          ({"jit_compile": "maybe"}, "--jit_compile=maybe")])
+def test_unknown_numerics_name_the_flag(flags, named):
+    with pytest.raises(FlagError, match=f"{named} is unknown; choose one of auto, "):
+        Config(**flags)
 
 
 def test_unknown_strategy_and_uneven_batch_are_errors():
+    with pytest.raises(FlagError, match="--strategy=bogus is unknown"):
+        Config(strategy="bogus")
     with pytest.raises(devices.StrategyError, match="--strategy=bogus"):
         devices.build_strategy("bogus")
     strategy, _ = devices.build_strategy("mirrored", cpu_replicas=2)
@@ -54,19 +59,19 @@ def test_unknown_strategy_and_uneven_batch_are_errors():
 
 def test_mirrored_evaluation_equals_single_device_evaluation(tiny_shapes):
     """Metrics reduce across replicas: the replicated pass must score the same weights identically."""
-    source = sources.shapes_source(tiny_shapes)
-    task = tasks.make_task(Config(), source)
-    config = pipeline.PipelineConfig(image_size=32, global_batch_size=10, training=False)  # 64 = 6 x 10 + 4
+    source = shapes.shapes_source(tiny_shapes)
+    task = tasks.build(Config(image_size=32), source.class_names)
+    config = pipeline.PipelineConfig(ClassificationRecipe(32), global_batch_size=10, training=False)  # 64 = 6x10+4
     keras.utils.set_random_seed(0)
-    weights = task.build_model("small_cnn", 32).get_weights()
+    weights = task.build_model().get_weights()
     steps = pipeline.eval_steps(64, 10)
     results = {}
     for name in ("one_device", "mirrored"):
         strategy, _ = devices.build_strategy(name, cpu_replicas=2)
         with strategy.scope():
-            model = task.build_model("small_cnn", 32)
+            model = task.build_model()
             model.set_weights(weights)
-            model.compile(loss=task.loss(), weighted_metrics=task.metrics())
+            model.compile(**task.compile_args())
         data = strategy.distribute_datasets_from_function(
             pipeline.make_input_fn(source.splits["val"], config, task.model_io))
         results[name] = model.evaluate(data, steps=steps, verbose=0, return_dict=True)
@@ -75,7 +80,7 @@ def test_mirrored_evaluation_equals_single_device_evaluation(tiny_shapes):
     assert weights_of.sum() == 64 and len(weights_of) == 70, "padded to 7 full batches, padding weighs 0"
     images = np.concatenate([b["image"].numpy() for b in batches])[weights_of > 0]
     keras.utils.set_random_seed(0)
-    reference = task.build_model("small_cnn", 32)
+    reference = task.build_model()
     reference.set_weights(weights)
     expected = float(np.mean(reference.predict(images, verbose=0).argmax(-1) == source.splits["val"].labels))
     assert results["one_device"]["accuracy"] == pytest.approx(expected, abs=1e-6)

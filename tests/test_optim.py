@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from engine import optim
-from engine.config import FlagError
-from engine.train import plan_steps
+from engine.config import Config, FlagError
+from engine.job import plan_steps
 
 
 def _rate(schedule, step):
@@ -46,10 +46,10 @@ def test_optimizer_names(name, kind):
 
 
 def test_unknown_optimizer_and_schedule_name_the_flag():
-    with pytest.raises(FlagError, match="--optimizer=lion"):
-        optim.build_optimizer("lion", 1e-3)
+    with pytest.raises(FlagError, match="--optimizer=lion is unknown; choose one of sgd, adam, adamw"):
+        Config(optimizer="lion")
     with pytest.raises(FlagError, match="--lr_schedule=step"):
-        optim.learning_rate_schedule(1e-3, "step", 0, 10)
+        Config(lr_schedule="step")
 
 
 def test_step_plan():

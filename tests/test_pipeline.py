@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from datasets import budget, decode, pipeline, sources
+from datasets import budget, pipeline
+from datasets.ops import decode
+from datasets.recipes import ClassificationRecipe
+from datasets.sources import shapes
+from engine.config import Config, FlagError
 
 
 def _examples(root):
-    return sources.shapes_source(root).splits
+    return shapes.shapes_source(root).splits
 
 
 def _paths_seen(examples, config, num_pipelines):
@@ -31,7 +35,7 @@ def _paths_seen(examples, config, num_pipelines):
 
 def test_two_input_pipelines_see_every_example_exactly_once(tiny_shapes):
     val = _examples(tiny_shapes)["val"]
-    config = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=False)
+    config = pipeline.PipelineConfig(ClassificationRecipe(32), global_batch_size=8, training=False)
     one = _paths_seen(val, config, num_pipelines=1)
     two = _paths_seen(val, config, num_pipelines=2)
     assert sum(one.values()) == len(val)
@@ -40,7 +44,7 @@ def test_two_input_pipelines_see_every_example_exactly_once(tiny_shapes):
 
 def test_training_batches_have_static_shapes_and_uint8_pixels(tiny_shapes):
     train = _examples(tiny_shapes)["train"]
-    ds = pipeline.build_dataset(train, pipeline.PipelineConfig(image_size=40, global_batch_size=16, training=True))
+    ds = pipeline.build_dataset(train, pipeline.PipelineConfig(ClassificationRecipe(40), 16, training=True))
     assert ds.element_spec["image"].shape == (16, 40, 40, 3)
     assert ds.element_spec["image"].dtype == tf.uint8
     assert ds.element_spec["label"].shape == (16,)
@@ -54,7 +58,7 @@ def test_labels_stay_with_their_images_through_reading_and_batching(tiny_shapes)
     for path, label in zip(train.paths, train.labels):
         image = decode.decode_resize(48)({"encoded": tf.io.read_file(path)})["image"].numpy()
         expected[image.tobytes()] = label
-    config = pipeline.PipelineConfig(image_size=48, global_batch_size=32, training=False)
+    config = pipeline.PipelineConfig(ClassificationRecipe(48), global_batch_size=32, training=False)
     batches = pipeline.build_dataset(train, config).take(pipeline.eval_steps(len(train), 32))
     pairs = [(image.tobytes(), int(label)) for batch in batches
              for image, label, weight in zip(batch["image"].numpy(), batch["label"].numpy(), batch["weight"].numpy())
@@ -67,7 +71,7 @@ def test_same_seed_same_batches_different_seed_different_batches(tiny_shapes):
     train = _examples(tiny_shapes)["train"]
 
     def first_batches(seed):
-        config = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=True, seed=seed,
+        config = pipeline.PipelineConfig(ClassificationRecipe(32), global_batch_size=8, training=True, seed=seed,
                                          deterministic=True)
         return [b["image"].numpy() for b in pipeline.build_dataset(train, config).take(3)]
 
@@ -78,7 +82,7 @@ def test_same_seed_same_batches_different_seed_different_batches(tiny_shapes):
 
 def test_cache_sits_before_augmentation_and_keeps_eval_exact(tiny_shapes, tmp_path):
     splits = _examples(tiny_shapes)
-    config = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=True, seed=3,
+    config = pipeline.PipelineConfig(ClassificationRecipe(32), global_batch_size=8, training=True, seed=3,
                                      cache=f"disk:{tmp_path}", deterministic=True)
     ds = pipeline.build_dataset(splits["train"], config)
     assert ds.element_spec["image"].shape == (8, 32, 32, 3)
@@ -88,7 +92,7 @@ def test_cache_sits_before_augmentation_and_keeps_eval_exact(tiny_shapes, tmp_pa
     assert os.listdir(tmp_path), "the disk cache was written"
     assert not np.array_equal(first, second), "augmentation after the cache gives new crops every epoch"
 
-    plain = pipeline.PipelineConfig(image_size=32, global_batch_size=8, training=False, deterministic=True)
+    plain = pipeline.PipelineConfig(ClassificationRecipe(32), global_batch_size=8, training=False, deterministic=True)
     cached = dataclasses.replace(plain, cache="memory")
     steps = pipeline.eval_steps(len(splits["val"]), 8)
     for a, b in zip(pipeline.build_dataset(splits["val"], plain).take(steps),
@@ -103,16 +107,16 @@ def test_shuffle_buffer_follows_memory_budget():
 
 
 def test_bad_cache_flag_is_rejected():
-    with pytest.raises(ValueError, match="--cache=disk:"):
-        pipeline.validate_cache("disk:")
+    with pytest.raises(FlagError, match="--cache=disk: is not one of none | memory | disk:PATH"):
+        Config(cache="disk:")
 
 
 @pytest.mark.parametrize("num_shards", [1, 4])
 def test_each_source_gives_two_pipelines_disjoint_complete_epochs(tiny_shapes, tmp_path, num_shards):
     """Training-mode record streams: with 2 pipelines every example is read exactly once per epoch, by
     file-level sharding (4 shards) or by example-level sharding (1 shard)."""
-    from datasets import idx, tfrecord
-    shapes_source = sources.shapes_source(tiny_shapes)
+    from datasets.sources import idx, tfrecord
+    shapes_source = shapes.shapes_source(tiny_shapes)
     tfrecord.convert(shapes_source, str(tmp_path), num_shards=num_shards)
     arrays = idx.ArraySplit(np.zeros((10, 4, 4, 1), np.uint8), np.arange(10), "arrays")
     for split in (shapes_source.splits["train"], tfrecord.tfrecord_source(str(tmp_path)).splits["train"], arrays):

@@ -7,7 +7,7 @@ import os
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from datasets import shapes
+from datasets.sources import shapes
 from engine.callbacks import InputClock
 from tests.conftest import run_launch
 
@@ -20,6 +20,7 @@ def test_input_clock_counts_only_the_wait_for_batches_done_after_the_step_began(
     assert clock.waited(2, step_started=20.0) == 0.0 and not clock.ready  # none left: no wait known
 
 
+@pytest.mark.slow
 def test_profile_steps_write_a_trace_the_profile_plugin_reads_and_epochs_log_input_wait(tiny_shapes, tmp_path):
     from xprof.convert import raw_to_tool_data
 
@@ -67,6 +68,7 @@ def _benchmark(tmp_path, *flags) -> dict:
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_benchmark_calls_a_starved_pipeline_input_bound(large_images, tmp_path):
     report = _benchmark(tmp_path, f"--dataset=shapes:{large_images}", "--image_size=32", "--batch_size=128",
                         "--steps_per_execution=2", "--map_parallelism=1", "--prefetch_batches=0")
@@ -74,6 +76,7 @@ def test_benchmark_calls_a_starved_pipeline_input_bound(large_images, tmp_path):
     assert any("--map_parallelism" in knob for knob in report["knobs"])
 
 
+@pytest.mark.slow
 def test_benchmark_calls_a_heavy_model_compute_bound(tiny_shapes, tmp_path):
     report = _benchmark(tmp_path, f"--dataset=shapes:{tiny_shapes}", "--model=resnet50", "--image_size=64",
                         "--batch_size=32")

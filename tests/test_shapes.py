@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets import shapes
+from datasets.sources import shapes
 
 
 def _annotations(root, split="train"):

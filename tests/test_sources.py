@@ -8,7 +8,10 @@ import pytest
 import tensorflow as tf
 import keras
 
-from datasets import sources, spec
+from datasets import pipeline
+from datasets.recipes import ClassificationRecipe
+from datasets.sources import folder, idx, spec, tfrecord
+from datasets.sources.base import DataError
 from tests.conftest import SHARED_DATA, run_launch
 
 
@@ -33,7 +36,7 @@ def _class_tree(root, classes=("dog", "Cat", "ant", "bee_2", "bee_10"), per_clas
 
 def test_folder_class_order_matches_image_dataset_from_directory(tmp_path):
     root = _class_tree(str(tmp_path / "tree"))
-    source = sources.folder_source(root, val_fraction=0.2, seed=0)
+    source = folder.folder_source(root, val_fraction=0.2, seed=0)
     reference = keras.utils.image_dataset_from_directory(root, batch_size=4, image_size=(8, 8), verbose=False)
     assert source.class_names == reference.class_names
     assert len(source.splits["train"]) + len(source.splits["val"]) == 15
@@ -50,8 +53,8 @@ def test_folder_with_train_and_val_subfolders_uses_them(tmp_path):
 
 def test_seeded_split_is_disjoint_and_reproducible(tmp_path):
     root = _class_tree(str(tmp_path / "tree"), per_class=10)
-    a = sources.folder_source(root, val_fraction=0.3, seed=1)
-    b = sources.folder_source(root, val_fraction=0.3, seed=1)
+    a = folder.folder_source(root, val_fraction=0.3, seed=1)
+    b = folder.folder_source(root, val_fraction=0.3, seed=1)
     assert a.splits["val"].paths == b.splits["val"].paths
     assert not set(a.splits["val"].paths) & set(a.splits["train"].paths)
     assert len(a.splits["val"]) == 15
@@ -63,14 +66,14 @@ def test_seeded_split_is_disjoint_and_reproducible(tmp_path):
     ("folder:/does/not/exist", "/does/not/exist: not a directory"),
 ])
 def test_bad_dataset_specs_name_the_problem(spec_text, message):
-    with pytest.raises(sources.DataError, match=message):
+    with pytest.raises(DataError, match=message):
         spec.load(spec_text, cache_dir="")
 
 
 def test_folder_without_images_is_an_error(tmp_path):
     os.makedirs(tmp_path / "empty" / "classA")
-    with pytest.raises(sources.DataError, match="no images"):
-        sources.folder_source(str(tmp_path / "empty"), 0.2, 0)
+    with pytest.raises(DataError, match="no images"):
+        folder.folder_source(str(tmp_path / "empty"), 0.2, 0)
 
 
 def _write_idx(path, array):
@@ -96,10 +99,9 @@ def tiny_idx(tmp_path_factory):
 
 def _decoded_set(source):
     """{split: sorted (label, pixels) pairs} read through the real evaluation pipeline."""
-    from datasets import pipeline
     result = {}
     for name, split in source.splits.items():
-        config = pipeline.PipelineConfig(image_size=8, global_batch_size=4, training=False)
+        config = pipeline.PipelineConfig(ClassificationRecipe(8), global_batch_size=4, training=False)
         pairs = []
         for batch in pipeline.build_dataset(split, config).take(pipeline.eval_steps(len(split), 4)):
             pairs += [(int(l), i.tobytes()) for i, l, w in
@@ -109,7 +111,6 @@ def _decoded_set(source):
 
 
 def test_idx_folder_and_tfrecord_yield_the_same_images_and_labels(tiny_idx, tmp_path):
-    from datasets import idx, tfrecord
     root, arrays = tiny_idx
     idx_source = idx.idx_source(root)
     assert idx_source.class_names == ["0", "1", "2"]
@@ -117,7 +118,7 @@ def test_idx_folder_and_tfrecord_yield_the_same_images_and_labels(tiny_idx, tmp_
     for prefix, split in (("train", "train"), ("t10k", "val")):
         for i, (image, label) in enumerate(zip(*arrays[prefix])):
             _write_png(str(tmp_path / "folder" / split / str(label) / f"{i}.png"), image[..., None])
-    folder_source = sources.folder_source(str(tmp_path / "folder"), 0.2, 0)
+    folder_source = folder.folder_source(str(tmp_path / "folder"), 0.2, 0)
     tfrecord.convert(idx_source, str(tmp_path / "from_idx"), num_shards=4)
     tfrecord.convert(folder_source, str(tmp_path / "from_folder"), num_shards=3)
     expected = _decoded_set(idx_source)
@@ -128,7 +129,6 @@ def test_idx_folder_and_tfrecord_yield_the_same_images_and_labels(tiny_idx, tmp_
 
 
 def test_converter_metadata_lists_shards_counts_and_sizes(tiny_idx, tmp_path):
-    from datasets import idx, tfrecord
     metadata = tfrecord.convert(idx.idx_source(tiny_idx[0]), str(tmp_path), num_shards=5)
     assert metadata["splits"]["train"]["counts"] == [5, 5, 5, 5, 4]
     assert metadata["splits"]["val"]["num_examples"] == 9
@@ -137,18 +137,16 @@ def test_converter_metadata_lists_shards_counts_and_sizes(tiny_idx, tmp_path):
 
 
 def test_truncated_idx_file_is_named(tmp_path):
-    from datasets import idx
     _write_idx(str(tmp_path / "train-images-idx3-ubyte"), np.zeros((4, 8, 8), np.uint8))
     with open(tmp_path / "train-images-idx3-ubyte", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(sources.DataError, match="train-images-idx3-ubyte: header declares shape"):
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: header declares shape"):
         idx.read_idx(str(tmp_path / "train-images-idx3-ubyte"))
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "fashion-mnist")),
                     reason="../shared/data/fashion-mnist is not present")
 def test_real_fashion_mnist_idx():
-    from datasets import idx
     source = idx.idx_source(os.path.join(SHARED_DATA, "fashion-mnist"))
     train, val = source.splits["train"], source.splits["val"]
     assert (len(train), len(val)) == (60000, 10000)
@@ -183,8 +181,8 @@ def _tiny_tfds_builder_class():
     return TinyIdxTfds
 
 
+@pytest.mark.slow
 def test_tfds_offline_yields_the_same_images_and_labels_as_idx(tiny_idx, tmp_path):
-    from datasets import idx
     root, arrays = tiny_idx
     _TFDS_ARRAYS.update(arrays)
     data_dir = str(tmp_path / "tfds")
@@ -200,7 +198,7 @@ def test_tfds_offline_yields_the_same_images_and_labels_as_idx(tiny_idx, tmp_pat
 
 
 def test_tfds_dataset_that_is_not_prepared_says_how_to_prepare_it(tmp_path):
-    with pytest.raises(sources.DataError, match="mnist is not prepared .* `tfds build mnist"):
+    with pytest.raises(DataError, match="mnist is not prepared .* `tfds build mnist"):
         spec.load("tfds:mnist", "", data_dir=str(tmp_path))
-    with pytest.raises(sources.DataError, match="TFDS knows no dataset 'no_such_dataset_xyz'"):
+    with pytest.raises(DataError, match="TFDS knows no dataset 'no_such_dataset_xyz'"):
         spec.load("tfds:no_such_dataset_xyz", "", data_dir=str(tmp_path))

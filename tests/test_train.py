@@ -8,10 +8,17 @@ import subprocess
 import sys
 import time
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from datasets import pipeline
+from datasets.recipes import ClassificationRecipe
+from datasets.sources import shapes
+from engine import tasks
+from engine.config import Config
 from tests.conftest import REPO, run_launch
 
 TINY = ["--image_size=32", "--batch_size=32", "--verbose=2", "--learning_rate=1e-3"]
@@ -37,6 +44,7 @@ def mirrored_run(tiny_shapes, tmp_path_factory):
     return model_dir, result
 
 
+@pytest.mark.slow
 def test_mirrored_run_writes_config_summary_checkpoints(mirrored_run):
     model_dir, result = mirrored_run
     assert "strategy mirrored x2 on CPU" in result.stdout
@@ -50,12 +58,40 @@ def test_mirrored_run_writes_config_summary_checkpoints(mirrored_run):
                 "precision", "jit_compile", "strategy", "replicas"):
         assert key in summary, key
     assert summary["replicas"] == 2 and summary["epochs"] == 2 and summary["images_per_second"] > 0
-    assert 0.0 <= summary["val_accuracy"] <= 1.0
     for name in ("best.keras", "final.keras", "backup/latest.weights.h5", "backup/training_metadata.json"):
         assert os.path.exists(os.path.join(model_dir, name)), name
-    assert [row["epoch"] for row in _history(model_dir)] == ["0", "1"]
+    history = _history(model_dir)
+    assert [row["epoch"] for row in history] == ["0", "1"]
+    # The summary's accuracy is the last validation's, as TensorBoard recorded it too
+    _, validation = _scalar_tags(os.path.join(model_dir, "tensorboard", "validation"))
+    logged = [float(tf.make_ndarray(event.tensor_proto)) for event in validation.Tensors("epoch_accuracy")]
+    assert summary["val_accuracy"] == pytest.approx(logged[-1], abs=1e-6)
+    assert summary["best_value"] == pytest.approx(max(logged), abs=1e-6)
 
 
+@pytest.mark.slow
+def test_config_json_rebuilds_the_runs_task_and_model(mirrored_run, tiny_shapes):
+    """config.json holds what prediction and export need: the task rebuilt from its flags and class names
+    makes the trained model's architecture, and its evaluation preprocessing is the run's."""
+    model_dir, _ = mirrored_run
+    with open(os.path.join(model_dir, "config.json")) as f:
+        saved = json.load(f)
+    resolved = saved.pop("resolved")
+    config = Config(**saved)
+    task = tasks.build(config, resolved["class_names"])
+    assert task.config == config, "the saved flags already hold the task's defaults"
+    assert task.recipe(training=False) == ClassificationRecipe(32)
+    model = task.build_model()
+    model.load_weights(os.path.join(model_dir, "best.keras"))
+    trained = keras.saving.load_model(os.path.join(model_dir, "best.keras"))
+    val = shapes.shapes_source(tiny_shapes).splits["val"]
+    batch = next(pipeline.build_dataset(val, pipeline.PipelineConfig(task.recipe(training=False), 16, training=False))
+                 .as_numpy_iterator())
+    np.testing.assert_allclose(model.predict(batch["image"], verbose=0), trained.predict(batch["image"], verbose=0),
+                               atol=1e-5)
+
+
+@pytest.mark.slow
 def test_tensorboard_events_hold_train_and_validation_metrics(mirrored_run):
     model_dir, _ = mirrored_run
     train_tags, train = _scalar_tags(os.path.join(model_dir, "tensorboard", "train"))
@@ -66,6 +102,7 @@ def test_tensorboard_events_hold_train_and_validation_metrics(mirrored_run):
     assert len(train.Tensors("epoch_loss")) == 2
 
 
+@pytest.mark.slow
 def test_training_starts_by_drawing_augmented_batches(mirrored_run):
     model_dir, result = mirrored_run
     assert "3 preview grids of augmented training batches" in result.stdout
@@ -80,6 +117,7 @@ def test_training_starts_by_drawing_augmented_batches(mirrored_run):
     assert len(accumulator.Tensors("train_batch")) == 3
 
 
+@pytest.mark.slow
 def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, tiny_shapes):
     model_dir, _ = mirrored_run
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--strategy=mirrored", "--epochs=3",
@@ -88,8 +126,8 @@ def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, t
     assert "Epoch 3/3" in result.stdout and "Epoch 1/3" not in result.stdout
     assert [row["epoch"] for row in _history(model_dir)] == ["0", "1", "2"]
 
-    # Evaluated as trained (mirrored): a near-chance model has near-tied logits, and another device split
-    # changes float rounding enough to flip one of 64 (seen once in a full-suite run).
+    # Evaluated as trained (mirrored). A near-chance model has near-tied logits, and mirrored evaluation on CPU is
+    # not bit-reproducible (the replicas share oneDNN's threads): one of the 64 may flip (seen in full-suite runs).
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=eval", "--strategy=mirrored",
                         f"--model_dir={model_dir}", *TINY)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -97,9 +135,10 @@ def test_restart_with_same_model_dir_resumes_and_eval_reads_best(mirrored_run, t
         evaluation = json.load(f)
     best = max(float(row["val_accuracy"]) for row in _history(model_dir))
     assert evaluation["weights"].endswith("best.keras")
-    assert evaluation["val_accuracy"] == pytest.approx(best, abs=1e-6)
+    assert evaluation["val_accuracy"] == pytest.approx(best, abs=1 / 64 + 1e-6)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
     model_dir = str(tmp_path / "killed")
     args = [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{tiny_shapes}", "--epochs=6",
@@ -149,6 +188,7 @@ def test_eval_without_a_checkpoint_says_where_it_looked(tiny_shapes, tmp_path):
     assert f"no checkpoint in --model_dir={tmp_path}" in result.stderr
 
 
+@pytest.mark.slow
 def test_convert_then_train_on_tfrecord_shards(tiny_shapes, tmp_path):
     shards = str(tmp_path / "shards")
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--mode=convert", f"--output={shards}", "--num_shards=4")

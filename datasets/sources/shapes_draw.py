@@ -1,6 +1,6 @@
 """Drawing of the generated shapes dataset: NumPy only, so worker processes start without TensorFlow.
 
-`datasets/shapes.py` writes what this draws to files.
+`datasets/sources/shapes.py` writes what this draws to files.
 """
 
 from __future__ import annotations

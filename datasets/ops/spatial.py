@@ -1,16 +1,16 @@
-"""Geometric augmentation of images with their masks and boxes: letterbox, random affine, Mosaic, MixUp.
+"""Geometry of images with their masks and boxes: the letterbox and its inverse, random affine, Mosaic, MixUp.
 
 Examples and batches are dicts: "image" uint8 [.., S, S, 3], optionally "mask" uint8 [.., S, S, 1] (class
 indices, `ignore` where there is no label), "boxes" float32 [.., N, 4] (x0, y0, x1, y1 in pixels) with
 "classes" int32 [.., N] (-1 marks padding), and "seed" ([2] per example). Every transform moves the three
-together through one affine (`datasets/geometry.py`); batch transforms are vectorised, shapes are static.
+together through one affine (`datasets/ops/geometry.py`); batch transforms are vectorised, shapes are static.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from datasets import geometry, mixing
+from datasets.ops import geometry, mixing
 
 FILL = 114  # grey for pixels from outside an image (the YOLO convention)
 
@@ -37,17 +37,24 @@ def _apply(batch: dict, affine: tf.Tensor, size: int, ignore: int, windows: tf.T
     return out
 
 
+def letterbox_frame(original_size: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Where an image of `original_size` ([..., 2] h, w) lands in a `size` letterbox: its scaled height and
+    width and the top and left padding, in pixels (float32, batched like `original_size`)."""
+    original = tf.cast(original_size, tf.float32)
+    scale = size / tf.reduce_max(original, axis=-1)
+    new_h, new_w = tf.round(original[..., 0] * scale), tf.round(original[..., 1] * scale)
+    return new_h, new_w, tf.floor((size - new_h) / 2), tf.floor((size - new_w) / 2)
+
+
 def letterbox(size: int, ignore: int) -> callable:
     """Returns a per-example function fitting "image" (and "mask", "boxes") into size x size, aspect kept,
     centred, the rest filled (FILL in the image, `ignore` in the mask). Boxes are in the pixels of the
     original, "image_size" [h, w] (default: the image's shape), kept as "original_size"; image and mask may be
-    decoded smaller."""
+    decoded smaller. `unletterbox_boxes` maps boxes back."""
 
     def apply(example: dict) -> dict:
         original = tf.cast(example.get("image_size", tf.shape(example["image"])[:2]), tf.float32)
-        scale = size / tf.reduce_max(original)
-        new_h, new_w = tf.round(original[0] * scale), tf.round(original[1] * scale)
-        left, top = tf.floor((size - new_w) / 2), tf.floor((size - new_h) / 2)
+        new_h, new_w, top, left = letterbox_frame(original, size)
 
         def onto_target(shape: tf.Tensor) -> tf.Tensor:  # the affine taking a [h, w] extent onto the target
             shape = tf.cast(shape, tf.float32)
@@ -67,6 +74,17 @@ def letterbox(size: int, ignore: int) -> callable:
         return out
 
     return apply
+
+
+def unletterbox_boxes(boxes: tf.Tensor, original_size: tf.Tensor, size: int) -> tf.Tensor:
+    """Boxes [..., N, 4] (x0, y0, x1, y1) in the pixels of a `size` letterbox of images of `original_size`
+    ([..., 2] h, w) back in the original images' pixels, clipped to them: the inverse of `letterbox`."""
+    new_h, new_w, top, left = (v[..., None, None] for v in letterbox_frame(original_size, size))
+    original = tf.cast(original_size, tf.float32)[..., None, :]
+    height, width = original[..., 0:1], original[..., 1:2]
+    scale = tf.concat([new_w / width, new_h / height] * 2, axis=-1)
+    out = (tf.cast(boxes, tf.float32) - tf.concat([left, top] * 2, axis=-1)) / scale
+    return tf.clip_by_value(out, 0.0, tf.concat([width, height] * 2, axis=-1))
 
 
 def random_affine(size: int, scale: tuple[float, float], flip: bool, ignore: int, translate: float = 0.0

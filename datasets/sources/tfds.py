@@ -12,7 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from datasets.sources import DataError, Source, Targets, shard_warning, shuffle_share
+from datasets.sources.base import DataError, Source, Targets, shard_warning, shuffle_share
 
 
 @dataclasses.dataclass
@@ -48,6 +48,10 @@ class TFDSSplit:
         if shuffle:
             ds = shuffle_share(ds, self.num_examples, self.bytes_per_example, context, seed)
         return ds.map(lambda r: {"encoded": r["image"], "label": tf.cast(r["label"], tf.int32), "id": r["tfds_id"]})
+
+    def most_boxes(self) -> int:
+        """0: TFDS data is read with image labels only."""
+        return 0
 
 
 def tfds_source(spec_path: str, data_dir: str, download: bool, val_fraction: float) -> Source:

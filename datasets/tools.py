@@ -1,44 +1,24 @@
-"""Bad input: in-graph integrity checks that name the file, a full scan, and the `--mode=inspect` report.
+"""Bad files and the data report: finding and naming files that do not decode, leaving them out, and the
+`--mode=inspect` report.
 
-Every encoded image passes `check_encoded` in the pipeline: empty files, unknown formats and JPEG/PNG files
-cut short fail with an error naming the file (the fused JPEG crop alone would decode the intact part of a
-truncated file without complaint). Damage inside a file surfaces when it is decoded; `scan` then finds and
-names every bad file with one decode pass, which is also how `--skip_bad_files` drops them.
+Every encoded image passes `decode.check_encoded` in the pipeline, so empty, unknown and cut-short files fail
+there with their name. Damage inside a file surfaces when it is decoded; `scan` then finds and names every
+bad file with one decode pass, which is also how `--skip_bad_files` drops them.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from datasets import decode
-from datasets.box_sources import subset
-from datasets.sources import Examples, Source
-
-PNG_END = b"IEND\xaeB`\x82"
-
-
-def check_encoded(example: dict) -> dict:
-    """Asserts that "encoded" is a complete JPEG (end marker within its last 16 bytes) or PNG (ends with IEND),
-    or a GIF/BMP; the failure names example["id"]. Costs a few small ops, no copy of the file."""
-    encoded = example["encoded"]
-    length = tf.strings.length(encoded)
-    last16 = tf.strings.substr(encoded, tf.maximum(length - 16, 0), 16)
-    tail = tf.io.decode_raw(tf.strings.substr(tf.strings.join([b"\x00" * 16, last16]), tf.strings.length(last16), 16),
-                            tf.uint8)
-    head = tf.strings.substr(encoded, 0, 8)
-    jpeg_ok = tf.logical_and(tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff",
-                             tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], 0xFF), tf.equal(tail[1:], 0xD9))))
-    png_ok = tf.logical_and(head == b"\x89PNG\r\n\x1a\n", tf.strings.substr(last16, 8, 8) == PNG_END)
-    other_ok = tf.logical_or(tf.strings.substr(head, 0, 3) == b"GIF", tf.strings.substr(head, 0, 2) == b"BM")
-    valid = tf.logical_and(length >= 16, tf.logical_or(jpeg_ok, tf.logical_or(png_ok, other_ok)))
-    check = tf.debugging.Assert(valid, ["bad image file (empty, not an image, or cut short):", example["id"]])
-    with tf.control_dependencies([check]):
-        return {**example, "encoded": tf.identity(encoded)}
+from datasets.ops import decode
+from datasets.sources.base import DataError, Examples, Source
 
 
 @dataclasses.dataclass
@@ -58,7 +38,7 @@ def _reason(path: str) -> str:
         return "zero bytes"
     data = tf.io.read_file(path)
     try:
-        check_encoded({"encoded": data, "id": tf.constant(path)})
+        decode.check_encoded({"encoded": data, "id": tf.constant(path)})
         decode.decode_resize(8)({"encoded": data})
     except tf.errors.OpError as error:
         return error.message.strip().splitlines()[0][:200]
@@ -66,7 +46,7 @@ def _reason(path: str) -> str:
 
 
 def _decoded_shape(record: dict) -> dict:
-    image = tf.io.decode_image(check_encoded(record)["encoded"], channels=3, expand_animations=False)
+    image = tf.io.decode_image(decode.check_encoded(record)["encoded"], channels=3, expand_animations=False)
     return {"id": record["id"], "shape": tf.shape(image)[:2]}
 
 
@@ -83,11 +63,6 @@ def scan(examples: Examples) -> ScanResult:
     return ScanResult(bad, np.asarray(heights), np.asarray(widths))
 
 
-def without(examples: Examples, bad: set[str]) -> Examples:
-    """`examples` minus the files in `bad` (labels, masks and boxes stay aligned)."""
-    return subset(examples, [i for i, path in enumerate(examples.paths) if path not in bad])
-
-
 def drop_bad_files(source: Source) -> dict[str, dict[str, str]]:
     """Scans every file-based split, removes its bad files in place, returns {split: {file: reason}}."""
     dropped = {}
@@ -95,9 +70,28 @@ def drop_bad_files(source: Source) -> dict[str, dict[str, str]]:
         if isinstance(split, Examples):
             bad = scan(split).bad
             if bad:
-                source.splits[name] = without(split, set(bad))
+                source.splits[name] = split.subset([i for i, path in enumerate(split.paths) if path not in bad])
             dropped[name] = bad
     return dropped
+
+
+@contextlib.contextmanager
+def naming_bad_files(source: Source) -> Iterator[None]:
+    """Turns a decode failure inside tf.data into a DataError that names the bad files of `source`."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        named = error.message.split(f"{decode.BAD_FILE}:")
+        if len(named) > 1:
+            bad = named[1].strip().split("\n")[0].strip()
+            raise DataError(f"{bad}: {decode.BAD_FILE}; fix or remove it, or pass --skip_bad_files") from None
+        found = {path: reason for split in source.splits.values() if isinstance(split, Examples)
+                 for path, reason in scan(split).bad.items()}
+        if not found:
+            raise
+        listing = "".join(f"\n  {path}: {reason}" for path, reason in sorted(found.items()))
+        raise DataError(f"{len(found)} image files do not decode (pass --skip_bad_files to leave them out):"
+                        f"{listing}") from None
 
 
 def inspect(source: Source) -> dict:
@@ -120,3 +114,23 @@ def inspect(source: Source) -> dict:
         report["splits"][name] = entry
     report.update(source.notes)
     return report
+
+
+def report_lines(report: dict, notes: dict[str, list[str]]) -> list[str]:
+    """The `inspect` report as the lines `--mode=inspect` prints."""
+    lines = [f"[inspect] {report['dataset']}: {len(report['class_names'])} classes"]
+    for name, entry in report["splits"].items():
+        lines.append(f"[inspect] {name}: {entry['examples']} examples")
+        lines += [f"    {class_name:24s} {count}" for class_name, count in entry.get("per_class", {}).items()]
+        if "image_size" in entry:
+            size = entry["image_size"]
+            lines.append(f"    image height min/median/max {size['height']['min']}/{size['height']['median']:g}/"
+                         f"{size['height']['max']}, width {size['width']['min']}/{size['width']['median']:g}/"
+                         f"{size['width']['max']}")
+        for key in ("bad_files", "labels_without_images", "empty_classes"):
+            if entry.get(key):
+                lines.append(f"    {key}: {len(entry[key])}" + "".join(f"\n      {item}" for item in entry[key]))
+    for key, items in notes.items():
+        if items:
+            lines.append(f"[inspect] {key}: {len(items)}" + "".join(f"\n      {item}" for item in items))
+    return lines

@@ -1,4 +1,4 @@
-"""The embedded default dataset: coloured shapes on textured, noisy backgrounds.
+"""`shapes[:DIR]`, the embedded default dataset: coloured shapes on textured, noisy backgrounds.
 
 Generated deterministically from a seed and written once, atomically, as real files:
 
@@ -23,10 +23,12 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
-from datasets import shapes_draw
-from datasets.shapes_draw import CLASS_NAMES, SPLITS
+from datasets.sources import shapes_draw
+from datasets.sources.base import Examples, Source
+from datasets.sources.shapes_draw import CLASS_NAMES, SPLITS
 
 FORMAT_VERSION = 1
 DEFAULT_NUM_TRAIN = 8000  # fewer lets a small CNN memorise instead of learning shapes (measured)
@@ -105,3 +107,26 @@ def default_directory(cache_dir: str, num_train: int = DEFAULT_NUM_TRAIN, num_va
     """The cache path that identifies one set of generation parameters."""
     name = f"shapes-v{FORMAT_VERSION}-{image_size}px-{num_train}-{num_val}-seed{seed}"
     return os.path.join(cache_dir, name)
+
+
+def _read_split(root: str, split: str) -> Examples:
+    with open(os.path.join(root, split, "annotations.json")) as f:
+        records = json.load(f)["examples"]
+    base = os.path.join(root, split)
+    return Examples(
+        paths=[os.path.join(base, r["image"]) for r in records],
+        labels=[int(r["label"]) for r in records],
+        mask_paths=[os.path.join(base, r["mask"]) for r in records],
+        boxes=[np.asarray(r["boxes"], np.float32).reshape(-1, 4) for r in records],
+        box_classes=[np.asarray(r["box_classes"], np.int32) for r in records],
+    )
+
+
+def shapes_source(directory: str) -> Source:
+    """The generated shapes dataset at `directory`, generating it first if it is not there yet."""
+    generate(directory)
+    with open(os.path.join(directory, "metadata.json")) as f:
+        metadata = json.load(f)
+    splits = {split: _read_split(directory, split) for split in SPLITS}
+    return Source("shapes", list(metadata["classes"]), splits, mask_class_names=["background", *metadata["classes"]],
+                  box_class_names=list(metadata["classes"]))

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources import DataError, Source, Targets, shuffle_share
+from datasets.sources.base import DataError, Source, Targets, read_class_names, shuffle_share
 
 IDX_DTYPES = {0x08: np.uint8}
 PREFIXES = {"train": "train", "val": "t10k"}
@@ -68,6 +68,10 @@ class ArraySplit:
             ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed)
         return ds
 
+    def most_boxes(self) -> int:
+        """0: IDX files carry no boxes."""
+        return 0
+
 
 def idx_source(directory: str) -> Source:
     """The IDX files in `directory` as train and val splits."""
@@ -85,11 +89,7 @@ def idx_source(directory: str) -> Source:
         splits[split] = ArraySplit(images, labels.astype(np.int64), os.path.basename(images_path))
     num_classes = int(max(s.labels.max() for s in splits.values())) + 1
     classes_file = os.path.join(directory, "classes.txt")
-    if os.path.exists(classes_file):
-        with open(classes_file) as f:
-            class_names = [line.strip() for line in f if line.strip()]
-        if len(class_names) < num_classes:
-            raise DataError(f"{classes_file}: {len(class_names)} names for labels up to {num_classes - 1}")
-    else:
-        class_names = [str(i) for i in range(num_classes)]
+    class_names = read_class_names(classes_file) or [str(i) for i in range(num_classes)]
+    if len(class_names) < num_classes:
+        raise DataError(f"{classes_file}: {len(class_names)} names for labels up to {num_classes - 1}")
     return Source(os.path.basename(os.path.normpath(directory)), class_names, splits)

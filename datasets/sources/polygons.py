@@ -15,8 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.box_sources import PIXEL_SLACK, BadLabels, Box, box_arrays, seeded_split
-from datasets.sources import DataError, Examples, Source
+from datasets.sources.base import DataError, Examples, Source, read_class_names, seeded_split
+from datasets.sources.box_labels import PIXEL_SLACK, BadLabels, Box, box_arrays
 
 
 def rasterise(polygons: list[tuple[int, np.ndarray]], height: int, width: int) -> np.ndarray:
@@ -70,10 +70,7 @@ def labelme_source(directory: str, cache_dir: str, class_names: list[str] | None
     for file in files:
         with open(os.path.join(directory, file)) as f:
             documents[file] = json.load(f)
-    listed = os.path.join(directory, "classes.txt")
-    if not class_names and os.path.exists(listed):
-        with open(listed) as f:
-            class_names = [line.strip() for line in f if line.strip()]
+    class_names = class_names or read_class_names(os.path.join(directory, "classes.txt"))
     labels = sorted({shape["label"] for doc in documents.values() for shape in doc.get("shapes", [])})
     names = ["background", *(class_names or labels)]
     index = {name: i for i, name in enumerate(names)}
@@ -126,7 +123,7 @@ def coco_source(annotations: str, cache_dir: str, image_dir: str = "", val_fract
     """A COCO instances file: polygons and RLE of every annotation painted as its category (pycocotools),
     class 0 background, categories in id order; and the boxes (`bbox`) of its non-crowd annotations, box class
     i the i-th category. Images come from `image_dir` (default: beside the JSON). Bad boxes and missing images
-    stop the run, or with `skip_bad_labels` are dropped and listed (`datasets/box_sources.py`)."""
+    stop the run, or with `skip_bad_labels` are dropped and listed (`datasets/sources/box_labels.py`)."""
     from pycocotools.coco import COCO
 
     coco = COCO(annotations)

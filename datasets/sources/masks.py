@@ -12,9 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
-
-from datasets.sources import IMAGE_EXTENSIONS, DataError, Examples, Source
+from datasets.sources.base import IMAGE_EXTENSIONS, DataError, Examples, Source, read_class_names, seeded_split
 
 
 def _by_stem(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
@@ -24,23 +22,16 @@ def _by_stem(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
             if name.lower().endswith(extensions)}
 
 
-def _class_names(directory: str, given: list[str]) -> list[str]:
-    if given:
-        return list(given)
-    path = os.path.join(directory, "classes.txt")
-    if not os.path.exists(path):
-        raise DataError(f"{directory}: name the mask classes in {path} (one per line, in index order) "
-                        "or with --mask_classes=NAME,NAME,...")
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
-
-
 def masks_source(directory: str, image_dir: str = "images", mask_dir: str = "masks",
                  class_names: list[str] | None = None, val_fraction: float = 0.2, seed: int = 0,
                  skip_unmatched: bool = False) -> Source:
     """Image/mask pairs under `directory`. Images without a mask (and masks without an image) stop the run
     with their names, or with `skip_unmatched` are left out, counted and logged."""
-    names = _class_names(directory, class_names or [])
+    listed = os.path.join(directory, "classes.txt")
+    names = list(class_names or []) or read_class_names(listed)
+    if not names:
+        raise DataError(f"{directory}: name the mask classes in {listed} (one per line, in index order) "
+                        "or with --mask_classes=NAME,NAME,...")
     images = _by_stem(os.path.join(directory, image_dir), IMAGE_EXTENSIONS)
     masks = _by_stem(os.path.join(directory, mask_dir), (".png",))
     notes = {"images_without_masks": sorted(images[s] for s in images.keys() - masks.keys()),
@@ -53,13 +44,6 @@ def masks_source(directory: str, image_dir: str = "images", mask_dir: str = "mas
     if unmatched:
         logging.warning("left out %d unmatched files: %s", len(unmatched), ", ".join(unmatched[:20]))
     stems = sorted(images.keys() & masks.keys())
-    if len(stems) < 2:
-        raise DataError(f"{directory}: {len(stems)} image/mask pairs; need at least 2 (train and val)")
-    order = np.random.default_rng(seed).permutation(len(stems))
-    num_val = min(max(1, round(len(stems) * val_fraction)), len(stems) - 1)
-    splits = {}
-    for split, chosen in (("val", order[:num_val]), ("train", order[num_val:])):
-        chosen = sorted(chosen)
-        splits[split] = Examples(paths=[images[stems[i]] for i in chosen], labels=[0] * len(chosen),
-                                 mask_paths=[masks[stems[i]] for i in chosen])
-    return Source(f"masks:{directory}", names, splits, notes, mask_class_names=names)
+    pairs = Examples(paths=[images[s] for s in stems], labels=[0] * len(stems), mask_paths=[masks[s] for s in stems])
+    source = f"masks:{directory}"
+    return Source(source, names, seeded_split(pairs, val_fraction, seed, source), notes, mask_class_names=names)

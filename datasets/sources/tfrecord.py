@@ -26,8 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.box_sources import most_boxes
-from datasets.sources import DataError, Source, Targets, shard_warning, shuffle_share
+from datasets.sources.base import DataError, Source, Targets, shard_warning, shuffle_share
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -82,6 +81,10 @@ class TFRecordSplit:
         if shuffle:
             ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed)
         return ds.map(lambda record: _parse(record, targets), num_parallel_calls=tf.data.AUTOTUNE)
+
+    def most_boxes(self) -> int:
+        """The most boxes in one image, as the converter counted them (metadata.json)."""
+        return self.max_boxes_per_image
 
 
 def _parse(serialized: tf.Tensor, targets: Targets) -> dict:
@@ -200,7 +203,7 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
         files = [f"{name}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
         writers = [tf.io.TFRecordWriter(os.path.join(output, file + ".tmp")) for file in files]
         counts, total_bytes = [0] * shards, 0
-        most = most_boxes(split) if boxes else 0
+        most = split.most_boxes() if boxes else 0
         targets = Targets(masks=masks, max_boxes=max(1, most) if boxes else 0)
         stream = split.records(tf.distribute.InputContext(), seed, shuffle=True, targets=targets).map(
             _encoded_with_shape, num_parallel_calls=tf.data.AUTOTUNE)

@@ -14,8 +14,8 @@ import math
 
 import tensorflow as tf
 
-from datasets import geometry
-from datasets.photometric import grey
+from datasets.ops import geometry
+from datasets.ops.photometric import grey
 
 FILL = 128.0
 

@@ -1,0 +1,1 @@
+"""Tensor operations of the input pipeline: decoding, geometry, colour, mixing, RandAugment."""

@@ -1,0 +1,2 @@
+"""Data sources: one module per format (`spec.py` maps `--dataset=KIND:PATH` to them), on the shared types
+and helpers of `base.py`."""

@@ -1,0 +1,181 @@
+"""What every data source is made of, and the helpers the sources share (each written once here).
+
+A source has splits. Every split knows its size and yields, for one input pipeline, one epoch of records:
+dicts with "encoded" (image file bytes) or "image" (uint8 pixels), "label" (int32) and "id" (a string that
+names the example in errors: its path, or its file and index). Asked for more `Targets`, a split adds
+"mask_encoded" (a class-index PNG) and "boxes" (float32 [max_boxes, 4], x0 y0 x1 y1 pixels, or fractions of
+the image with "boxes_normalised") with "classes" (int32 [max_boxes], -1 for padding). The streaming pipeline
+(`datasets/pipeline.py`) decodes, caches, augments and batches them, the same way for every source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Protocol, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from datasets.budget import shuffle_buffer_size
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")  # as keras.utils.image_dataset_from_directory
+SPLIT_DIRECTORY_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "valid", "test")}
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or directory at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """What records carry besides the image and its label: masks, and boxes padded to `max_boxes`."""
+
+    masks: bool = False
+    max_boxes: int = 0  # 0: no boxes
+
+    def require_none(self, source: str) -> None:
+        """Raises DataError when masks or boxes are asked of a `source` that has none."""
+        if self.masks or self.max_boxes:
+            raise DataError(f"{source} has no {'masks' if self.masks else 'boxes'}")
+
+
+class Split(Protocol):
+    """What the pipeline needs of a split (see the module docstring)."""
+
+    def __len__(self) -> int: ...
+
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset: ...
+
+    def most_boxes(self) -> int:
+        """The most boxes in one image of the split (0 without boxes)."""
+
+
+@dataclasses.dataclass
+class Source:
+    """A dataset: class names and its splits."""
+
+    name: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # findings for --mode=inspect
+    mask_class_names: list[str] = dataclasses.field(default_factory=list)  # mask value i is class i; [] no masks
+    box_class_names: list[str] = dataclasses.field(default_factory=list)  # box class i; [] no boxes
+    image_labels: bool = True  # False: "label" means nothing (detection-only data such as VOC or YOLO labels)
+
+
+@dataclasses.dataclass
+class Examples:
+    """One split of loose image files: parallel lists, one entry per image."""
+
+    paths: list[str]
+    labels: list[int]
+    mask_paths: list[str] | None = None
+    boxes: list[np.ndarray] | None = None  # per image: float32 [n, 4] x0, y0, x1, y1 in pixels
+    box_classes: list[np.ndarray] | None = None  # per image: int32 [n]
+    boxes_normalised: bool = False  # boxes are fractions of the image size (YOLO labels): decoding scales them
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+                targets: Targets = Targets()) -> tf.data.Dataset:
+        """One epoch of this pipeline's files: a seeded order shared by all pipelines, then a disjoint shard,
+        reshuffled every epoch (a full shuffle: the buffer holds only paths and labels)."""
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        table = {"id": np.asarray(self.paths, dtype=object)[order].astype(str),
+                 "label": np.asarray(self.labels, dtype=np.int32)[order]}
+        if targets.masks:
+            if self.mask_paths is None:
+                raise DataError(f"no masks for the images of {os.path.dirname(self.paths[0])}")
+            table["mask_id"] = np.asarray(self.mask_paths, dtype=object)[order].astype(str)
+        if targets.max_boxes:
+            boxes, classes = self.padded_boxes(targets.max_boxes)
+            table["boxes"], table["classes"] = boxes[order], classes[order]
+            if self.boxes_normalised:
+                table["boxes_normalised"] = np.ones(len(self), bool)
+        ds = tf.data.Dataset.from_tensor_slices(table)
+        if context.num_input_pipelines > 1:
+            ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        if shuffle:
+            ds = ds.shuffle(len(self), seed=seed + context.input_pipeline_id, reshuffle_each_iteration=True)
+        return ds.map(_read_files, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def padded_boxes(self, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes [N, max_boxes, 4] and classes [N, max_boxes] (-1 for padding) of every image."""
+        if self.boxes is None or self.box_classes is None:
+            raise DataError(f"no boxes for the images of {os.path.dirname(self.paths[0])}")
+        boxes = np.zeros((len(self), max_boxes, 4), np.float32)
+        classes = np.full((len(self), max_boxes), -1, np.int32)
+        for i, (image_boxes, image_classes) in enumerate(zip(self.boxes, self.box_classes)):
+            if len(image_classes) > max_boxes:
+                raise DataError(f"{self.paths[i]} has {len(image_classes)} boxes, more than --max_boxes={max_boxes}")
+            boxes[i, :len(image_classes)], classes[i, :len(image_classes)] = image_boxes, image_classes
+        return boxes, classes
+
+    def most_boxes(self) -> int:
+        """The most boxes in one image (0 without boxes)."""
+        return max((len(classes) for classes in self.box_classes or []), default=0)
+
+    def subset(self, indices: Sequence[int]) -> Examples:
+        """The examples at `indices`, every per-image list kept aligned."""
+        pick = lambda values: None if values is None else [values[i] for i in indices]  # noqa: E731
+        return Examples(pick(self.paths), pick(self.labels), pick(self.mask_paths), pick(self.boxes),
+                        pick(self.box_classes), self.boxes_normalised)
+
+
+def _read_files(record: dict) -> dict:
+    read = {"encoded": tf.io.read_file(record["id"])}
+    if "mask_id" in record:
+        read["mask_encoded"] = tf.io.read_file(record["mask_id"])
+    return {**record, **read}
+
+
+def seeded_split(examples: Examples, val_fraction: float, seed: int, source: str) -> dict[str, Examples]:
+    """{"train", "val"}: `val_fraction` of the examples (at least one, never all), chosen by `seed`, held out;
+    for sources whose layout has no split of its own."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val_fraction={val_fraction} must be in (0, 1) to split {source}")
+    if len(examples) < 2:
+        raise DataError(f"{source}: {len(examples)} examples; need at least 2 (train and val)")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    num_val = min(max(1, round(len(examples) * val_fraction)), len(examples) - 1)
+    return {"train": examples.subset(sorted(order[num_val:])), "val": examples.subset(sorted(order[:num_val]))}
+
+
+def read_class_names(path: str) -> list[str] | None:
+    """The names in a class-name file (classes.txt: one a line, in index order), or None without the file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def list_images(folder: str, others: list[str] | None = None) -> list[str]:
+    """The image files (IMAGE_EXTENSIONS) anywhere under `folder`, links followed, sorted; the paths of other
+    files are appended to `others` when it is given."""
+    found = []
+    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+        for name in filenames:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(os.path.join(dirpath, name))
+            elif others is not None:
+                others.append(os.path.join(dirpath, name))
+    return sorted(found)
+
+
+def shard_warning(num_items: int, what: str, pipelines: int) -> None:
+    """Logs that there are too few files to shard by file, so every pipeline reads all and keeps its share."""
+    logging.warning("%d %s for %d input pipelines: sharding by example (every pipeline reads every file); "
+                    "write at least %d shards for file-level sharding", num_items, what, pipelines, pipelines)
+
+
+def shuffle_share(ds: tf.data.Dataset, num_examples: int, bytes_per_example: int,
+                  context: tf.distribute.InputContext, seed: int) -> tf.data.Dataset:
+    """Reshuffles this pipeline's share of `num_examples` every epoch, through a buffer holding the whole
+    share or as much of it as the memory budget allows (`budget.shuffle_buffer_size`)."""
+    share = -(-num_examples // context.num_input_pipelines)
+    return ds.shuffle(shuffle_buffer_size(share, bytes_per_example), seed=seed + context.input_pipeline_id,
+                      reshuffle_each_iteration=True)

@@ -1,0 +1,53 @@
+"""The data modes, which train nothing: `--mode=convert` (TFRecord shards), `--mode=inspect` (a report on the
+data) and the augmented-batch previews of `--mode=preview` (also drawn before training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from datasets import pipeline, tools
+from datasets import preview as preview_images
+from datasets.sources import tfrecord
+from engine.config import Config, FlagError
+from engine.job import Job, load_source, source_of
+
+
+def convert(config: Config) -> dict:
+    """`--mode=convert`: writes `--dataset` as TFRecord shards and metadata.json into `--output`."""
+    if not config.output:
+        raise FlagError("--mode=convert needs --output=DIR for the TFRecord shards")
+    source = load_source(config)
+    with tools.naming_bad_files(source):
+        metadata = tfrecord.convert(source, config.output, config.num_shards, config.seed)
+    counts = ", ".join(f"{name} {info['num_examples']} in {len(info['files'])} shards"
+                       for name, info in metadata["splits"].items())
+    print(f"[engine] converted {config.dataset} to {config.output}: {counts}", flush=True)
+    return metadata
+
+
+def inspect(config: Config) -> dict:
+    """`--mode=inspect`: prints and writes (to --model_dir/inspect.json) a report on `--dataset`."""
+    source = source_of(config)
+    report = tools.inspect(source)
+    model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "inspect.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print("\n".join(tools.report_lines(report, source.notes)))
+    print(f"[inspect] report written to {os.path.join(model_dir, 'inspect.json')}")
+    return report
+
+
+def preview(job: Job) -> list[str]:
+    """Draws `--preview_batches` augmented training batches (one input pipeline, as the run's first replica
+    sees them) into the run directory and TensorBoard; returns the PNG paths."""
+    with tools.naming_bad_files(job.source):
+        batches = list(pipeline.build_dataset(job.train_split, job.pipeline_config(training=True))
+                       .take(job.config.preview_batches).as_numpy_iterator())
+    paths = preview_images.write(batches, job.task.class_names, job.model_dir)
+    if paths:
+        print(f"[engine] {len(paths)} preview grids of augmented training batches in "
+              f"{os.path.dirname(paths[0])}", flush=True)
+    return paths

@@ -1,0 +1,192 @@
+"""A run's job: everything resolved from the flags before a model is built, written to config.json.
+
+    flags -> the task's defaults -> strategy -> numerics -> data source -> task -> step plan -> Job
+
+Run directory (`--model_dir`), written by the chief:
+    config.json        the flags (with the task's defaults) and what was resolved: strategy, numerics, data
+    backup/            Keras BackupAndRestore state (weights, optimizer, epoch), written every epoch
+    best.keras         the model with the best validation metric so far
+    final.keras        the model at the end of training
+    history.csv        one row of metrics per epoch, across restarts
+    tensorboard/       train/ and validation/ event files; preview/ the augmented batches as images
+    preview/           train_batch{i}.png (+ .txt labels): augmented training batches, drawn before training
+    summary.json       final metrics, timing and resolved settings
+    eval.json          metrics of `--mode=eval` (its flags go to eval_config.json)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from datasets import pipeline, tools
+from datasets.sources import spec
+from datasets.sources.base import Source, Split
+from engine import devices, keras_patches, precision, tasks
+from engine.config import Config, FlagError, default_cache_dir
+from engine.devices import DeviceInfo
+from engine.precision import Numerics
+from engine.tasks.base import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """How many optimizer steps make an epoch, and how many epochs make the run."""
+
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps in the whole run."""
+        return self.steps_per_epoch * self.epochs
+
+
+def plan_steps(num_train: int, global_batch_size: int, epochs: int, train_steps: int) -> StepPlan:
+    """Full epochs of `num_train` examples (last partial batch dropped), or about `train_steps` steps."""
+    natural = num_train // global_batch_size
+    if natural < 1:
+        raise FlagError(f"--batch_size={global_batch_size} exceeds the {num_train} training examples")
+    if train_steps > 0:
+        run_epochs = math.ceil(train_steps / natural)
+        return StepPlan(math.ceil(train_steps / run_epochs), run_epochs)
+    if epochs < 1:
+        raise FlagError(f"--epochs={epochs} must be at least 1 (or set --train_steps)")
+    return StepPlan(natural, epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Everything resolved from a Config before the model is built."""
+
+    config: Config  # the flags with the task's defaults and the run directory: what config.json holds
+    strategy: tf.distribute.Strategy
+    device: DeviceInfo
+    numerics: Numerics
+    task: Task
+    source: Source
+    plan: StepPlan
+    is_chief: bool
+    worker: int
+
+    @property
+    def model_dir(self) -> str:
+        """The run directory."""
+        return self.config.model_dir
+
+    @property
+    def train_split(self) -> Split:
+        """The training split of the source."""
+        return self.source.splits["train"]
+
+    @property
+    def val_split(self) -> Split:
+        """The validation split of the source."""
+        return self.source.splits["val"]
+
+    @property
+    def replicas(self) -> int:
+        """Replicas in sync."""
+        return self.strategy.num_replicas_in_sync
+
+    def pipeline_config(self, training: bool) -> pipeline.PipelineConfig:
+        """How the run reads its training (or evaluation) split."""
+        config = self.config
+        return pipeline.PipelineConfig(
+            recipe=self.task.recipe(training), global_batch_size=config.batch_size, training=training,
+            seed=config.seed, deterministic=config.deterministic, cache=config.cache,
+            cache_name="train" if training else "val", map_parallelism=config.map_parallelism,
+            prefetch_batches=config.prefetch_batches)
+
+    def dataset(self, training: bool, on_ready=None) -> tf.distribute.DistributedDataset:
+        """The training (or validation) split as the task's model inputs, one input pipeline per worker, batches
+        split over replicas; `on_ready` (the input clock's) is called as each batch is done."""
+        split = self.train_split if training else self.val_split
+        input_fn = pipeline.make_input_fn(split, self.pipeline_config(training), self.task.model_io, on_ready)
+        return self.strategy.distribute_datasets_from_function(input_fn)
+
+    def resolved(self) -> dict:
+        """What the flags resolved to, for config.json."""
+        return {
+            "strategy": type(self.strategy).__name__, "replicas": self.replicas, "devices": list(self.device.names),
+            "device_kind": self.device.kind, "precision": self.numerics.precision,
+            "jit_compile": self.numerics.jit_compile, "numerics_reason": self.numerics.reason,
+            "per_replica_batch_size": self.config.batch_size // self.replicas,
+            "steps_per_epoch": self.plan.steps_per_epoch, "epochs": self.plan.epochs,
+            "total_steps": self.plan.total_steps, "num_train": len(self.train_split), "num_val": len(self.val_split),
+            "class_names": self.task.class_names, "is_chief": self.is_chief,
+            "augment": dataclasses.asdict(self.task.augment()),
+        }
+
+
+def source_of(config: Config) -> Source:
+    """The `--dataset` source as listed (nothing decoded)."""
+    return spec.load(config.dataset, config.cache_dir or default_cache_dir(), config.val_fraction, config.seed,
+                     config.data_dir, config.tfds_download, tuple(config.mask_dirs), config.mask_classes,
+                     config.skip_bad_files, config.skip_bad_labels)
+
+
+def load_source(config: Config) -> Source:
+    """The `--dataset` source; with `--skip_bad_files`, minus the files that do not decode (logged)."""
+    source = source_of(config)
+    if config.skip_bad_files:
+        for split, bad in tools.drop_bad_files(source).items():
+            print(f"[data] --skip_bad_files: {len(bad)} bad files left out of {split}"
+                  + "".join(f"\n  {path}: {reason}" for path, reason in sorted(bad.items())), flush=True)
+    return source
+
+
+def _model_dir(config: Config) -> str:
+    if config.model_dir:
+        return config.model_dir
+    if config.mode == "eval":
+        raise FlagError("--mode=eval needs --model_dir: the run directory whose checkpoint to evaluate")
+    if config.strategy == "multi_worker_mirrored":
+        raise FlagError("--strategy=multi_worker_mirrored needs an explicit --model_dir shared by all workers")
+    return os.path.join("runs", f"{config.task}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def prepare(config: Config) -> Job:
+    """Resolves defaults, strategy, numerics, data, task and step plan; writes config.json; prints one line."""
+    task_class = tasks.TASKS[config.task]
+    config = task_class.with_defaults(config)
+    config = dataclasses.replace(config, model_dir=_model_dir(config))
+    strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
+    devices.check_batch_size(config.batch_size, strategy)
+    keras_patches.patch_for(strategy)
+    numerics = precision.resolve(config.precision, config.jit_compile, device, config.model)
+    if numerics.jit_compile and device.kind == "CPU" and strategy.num_replicas_in_sync > 1:
+        # XLA's CPU backend compiles for one CPU device: a step on the second virtual CPU reads variables of
+        # the first and fails ("Trying to access resource ... located in device CPU:1 from device CPU:0").
+        raise FlagError(f"--jit_compile=true cannot run on {strategy.num_replicas_in_sync} virtual CPU devices "
+                        f"(--strategy={config.strategy}); use --strategy=one_device or --jit_compile=false")
+    precision.apply(numerics)
+    keras.utils.set_random_seed(config.seed)
+
+    source = load_source(config)
+    task = task_class.from_source(config, source)
+    plan = plan_steps(len(source.splits["train"]), config.batch_size, config.epochs, config.train_steps)
+    is_chief, worker = devices.worker_role(strategy)
+    job = Job(task.config, strategy, device, numerics, task, source, plan, is_chief, worker)
+    if is_chief:  # an evaluation must not overwrite the configuration of the training it evaluates
+        write_config(job, "eval_config.json" if config.mode == "eval" else "config.json")
+    print(f"[engine] {config.task} on {source.name} ({len(job.train_split)} train / {len(job.val_split)} val, "
+          f"{task.num_classes} classes) | strategy {config.strategy} x{job.replicas} on {device.kind} | batch "
+          f"{config.batch_size} ({config.batch_size // job.replicas}/replica) | {numerics.precision}, XLA "
+          f"{'on' if numerics.jit_compile else 'off'} | {plan.epochs} epochs x {plan.steps_per_epoch} steps | "
+          f"{job.model_dir}", flush=True)
+    print(f"[engine] {numerics.reason}", flush=True)
+    return job
+
+
+def write_config(job: Job, name: str) -> None:
+    """Writes the job's flags and what they resolved to as `name` in the run directory."""
+    os.makedirs(job.model_dir, exist_ok=True)
+    with open(os.path.join(job.model_dir, name), "w") as f:
+        json.dump({**dataclasses.asdict(job.config), "resolved": job.resolved()}, f, indent=2, sort_keys=True)

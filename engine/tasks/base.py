@@ -1,0 +1,104 @@
+"""The Task interface: the single-replica view of a problem (defaults, model, loss, metrics, evaluators, the
+pipeline's recipe, the model's view of a batch, predictions and their drawing).
+
+A task knows nothing of strategies, loops or files; the engine (`engine/job.py`, `engine/fit.py`) runs any
+task the same way. A task is built from its class names and the run's flags (what a run's config.json
+holds), so a trained model's task can be rebuilt without its data; what the engine derives from the data
+(detection's boxes per image) enters through `from_source`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from datasets.recipes import Augment, Recipe
+from datasets.sources.base import Source
+from engine.config import Config
+
+
+class Task(abc.ABC):
+    """One kind of problem. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]  # the --task value
+    default_model: ClassVar[str]  # --model when not given
+    best_metric: ClassVar[str]  # the validation metric that picks the best checkpoint (higher is better)
+    per_class: ClassVar[tuple[str, str] | None] = None  # (metric, title): logs hold val_<metric>_<class>
+    draws_overlays: ClassVar[bool] = False  # `predict` and `draw` show validation images with predictions
+
+    def __init__(self, config: Config, class_names: Sequence[str]):
+        """`config`: the run's flags with this task's defaults (`with_defaults`); `class_names` in label order."""
+        self.config = config
+        self.class_names = list(class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @classmethod
+    @abc.abstractmethod
+    def defaults(cls, model: str) -> dict[str, object]:
+        """The values of the flags left unset (None) for `model`: the one place a task's defaults live."""
+
+    @classmethod
+    def with_defaults(cls, config: Config) -> Config:
+        """A copy of `config` with the task's defaults for the flags it left unset."""
+        model = config.model or cls.default_model
+        unset = {key: value for key, value in {"model": model, **cls.defaults(model)}.items()
+                 if getattr(config, key) is None}
+        return dataclasses.replace(config, **unset)
+
+    @classmethod
+    @abc.abstractmethod
+    def class_names_of(cls, source: Source, config: Config) -> list[str]:
+        """The names of the classes this task learns from `source`; raises FlagError if it has no such labels."""
+
+    @classmethod
+    def from_source(cls, config: Config, source: Source) -> Task:
+        """The task for the labels of `source`, `config` given `with_defaults`."""
+        return cls(config, cls.class_names_of(source, config))
+
+    @abc.abstractmethod
+    def augment(self) -> Augment:
+        """Training augmentation from the flags."""
+
+    @abc.abstractmethod
+    def recipe(self, training: bool) -> Recipe:
+        """What the input pipeline does for this task; its `preprocess()` is evaluation's (and serving's)."""
+
+    @abc.abstractmethod
+    def build_model(self) -> keras.Model:
+        """The model of --model at --image_size, with --weights if given."""
+
+    @abc.abstractmethod
+    def compile_args(self) -> dict:
+        """The loss and metric arguments of `model.compile` (call in the strategy's scope)."""
+
+    @abc.abstractmethod
+    def model_io(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        """Maps a pipeline batch to what `Model.fit` consumes."""
+
+    def evaluators(self, dataset_fn, output_dir: str | None) -> list[keras.callbacks.Callback]:
+        """Evaluations outside the compiled metrics, run after each validated epoch: none."""
+        return []
+
+    def summary(self, logs: dict) -> dict:
+        """`val_per_class_<metric>` {class: value} from an epoch's logs, for tasks with per-class metrics."""
+        if self.per_class is None:
+            return {}
+        metric = self.per_class[0]
+        return {f"val_per_class_{metric}": {name: logs.get(f"val_{metric}_{name}") for name in self.class_names}}
+
+    def predict(self, model: keras.Model, images: np.ndarray):
+        """The model's outputs for a batch of images, as `draw` takes them."""
+        return np.asarray(model(images, training=False))
+
+    def draw(self, batch: dict, predicted) -> np.ndarray:
+        """Images [B, S, 2S, 3]: each of `batch` with its true labels (left) and the `predicted` ones (right)."""
+        raise NotImplementedError(f"the {self.name} task draws no overlays")

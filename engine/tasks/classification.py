@@ -1,0 +1,79 @@
+"""Classification: image-level labels, softmax cross-entropy, accuracy."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from datasets.recipes import Augment, ClassificationRecipe
+from datasets.sources.base import Source
+from engine.config import Config, FlagError
+from engine.tasks.base import Task
+from models import classification
+
+
+class ClassificationTask(Task):
+    """Image-level labels, softmax cross-entropy, accuracy."""
+
+    name = "classification"
+    default_model = "small_cnn"
+    best_metric = "val_accuracy"
+
+    @classmethod
+    def defaults(cls, model: str) -> dict[str, object]:
+        """Small models (small_cnn, resnet, mobilenet_v3_small) get crop, flip and mild colour jitter; large
+        ones (models.classification.LARGE) RandAugment 2x9, MixUp 0.2 / CutMix 1.0 and label smoothing 0.1,
+        as ImageNet recipes use."""
+        large = model in classification.LARGE
+        return {"image_size": 64, "epochs": 15, "learning_rate": 1e-3, "color_jitter": 0.0 if large else 0.2,
+                "hue": 0.0, "randaugment_ops": 2 if large else 0, "mixup": 0.2 if large else 0.0,
+                "cutmix": 1.0 if large else 0.0, "label_smoothing": 0.1 if large else 0.0}
+
+    @classmethod
+    def class_names_of(cls, source: Source, config: Config) -> list[str]:
+        """The image labels' names."""
+        if not source.image_labels:
+            raise FlagError(f"--task=classification needs image labels; --dataset={config.dataset} has boxes only")
+        return source.class_names
+
+    def augment(self) -> Augment:
+        """Random-resized crop, flip, colour jitter, RandAugment, MixUp and CutMix, from the flags."""
+        config = self.config
+        return Augment(flip=config.flip, brightness=config.color_jitter, contrast=config.color_jitter,
+                       saturation=config.color_jitter, hue=config.hue, randaugment_ops=config.randaugment_ops,
+                       randaugment_magnitude=config.randaugment_magnitude, mixup=config.mixup,
+                       cutmix=config.cutmix, num_classes=self.num_classes)
+
+    def recipe(self, training: bool) -> ClassificationRecipe:
+        """Resize for evaluation; crops and augmentation for training."""
+        return ClassificationRecipe(self.config.image_size, self.augment() if training else Augment())
+
+    def build_model(self) -> keras.Model:
+        """The classifier --model with one logit per class."""
+        config = self.config
+        return classification.build_classifier(config.model, self.num_classes, config.image_size,
+                                               config.weights or None)
+
+    def compile_args(self) -> dict:
+        """Cross-entropy on class-probability labels (one-hot, or mixed by MixUp/CutMix) and float32 logits,
+        with label smoothing, averaged over weighted (real) examples; top-1 accuracy, and top-5 when there are
+        more than 10 classes, as weighted metrics (padding examples weigh 0).
+
+        Metrics are exact over padded evaluation batches; Keras averages this loss per batch, so val_loss
+        weighs the last, partly padded, batch like a full one.
+        """
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+        if self.num_classes > 10:
+            metrics.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"))
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=self.config.label_smoothing,
+                                                    reduction="mean_with_sample_weight")
+        return {"loss": loss, "weighted_metrics": metrics}
+
+    def model_io(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+        """(inputs, class probabilities[, sample weights])."""
+        label = batch["label"]
+        if not label.dtype.is_floating:  # integer labels; MixUp/CutMix batches are already probabilities
+            label = tf.one_hot(label, self.num_classes)
+        if "weight" in batch:  # evaluation batches: padding examples weigh 0
+            return batch["image"], label, batch["weight"]
+        return batch["image"], label
