@@ -119,8 +119,7 @@ def run(job: Job, model: keras.Model) -> dict:
         "end_to_end_input_wait_fraction": end_to_end["input_wait_fraction"],
         "replicas": replicas, "global_batch_size": job.config.batch_size, "steps": steps,
         "verdict": bound, "factor": factor, "knobs": knobs(job, bound == "input-bound") if bound != "balanced" else [],
-        "strategy": type(job.strategy).__name__, "device_kind": job.device.kind,
-        "precision": job.numerics.precision, "jit_compile": job.numerics.jit_compile,
+        **{k: job.resolved()[k] for k in ("strategy", "device_kind", "precision", "jit_compile")},
         "task": job.config.task, "model": job.config.model, "dataset": job.config.dataset,
     }
     rows = [("input alone", input_rate), ("step alone", step["images_per_second"]),

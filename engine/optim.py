@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 
 
-
 def learning_rate_schedule(base_rate: float, schedule: str, warmup_steps: int, total_steps: int
                            ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Linear warmup to `base_rate` over `warmup_steps`, then cosine decay to 0 at `total_steps` (`schedule`
