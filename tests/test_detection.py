@@ -181,6 +181,13 @@ def test_coco8_trains_and_evaluates_with_its_80_names(tmp_path):
     with open(os.path.join(model_dir, "val_ground_truth.json")) as f:
         truth = json.load(f)
     assert len(truth["images"]) == 4 and len(truth["categories"]) == 80
+    # --mode=eval prints the classes with objects in the validation split (it once failed on the other 70-odd)
+    evaluation = run_launch("--task=detection", f"--dataset=yolo:{COCO8}", "--image_size=64", "--batch_size=4",
+                            "--mode=eval", f"--model_dir={model_dir}")
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    table = evaluation.stdout.split("per-class AP50:")[1].strip().splitlines()
+    names_with_objects = {truth["categories"][a["category_id"] - 1]["name"] for a in truth["annotations"]}
+    assert {line.strip().rsplit(" ", 1)[0].strip() for line in table} == names_with_objects
 
 
 def test_detector_sizes_grow_and_load_local_backbone_weights(tmp_path):
