@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
+import sys
 
 from absl import app, flags
 
-from engine import quiet
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout: engine/, models/
+
+from engine import quiet  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["small_cnn:64", "resnet:64", "mobilenet_v3_small:128"], "MODEL:IMAGE_SIZE pairs.")
