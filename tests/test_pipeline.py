@@ -125,3 +125,26 @@ def test_each_source_gives_two_pipelines_disjoint_complete_epochs(tiny_shapes, t
             context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
             seen.update(r["id"] for r in split.records(context, seed=5, shuffle=True).as_numpy_iterator())
         assert len(seen) == len(split) and set(seen.values()) == {1}
+
+
+def test_batches_are_graph_only_and_the_tf_data_service_serves_them_unchanged(tiny_shapes):
+    """`batches` is the part of the pipeline that can run elsewhere: no Python call in its graph, and a local
+    tf.data service (dispatcher and worker) yields exactly its batches; the client tail holds the input clock."""
+    from datasets.recipes import DetectionRecipe
+
+    val = _examples(tiny_shapes)["val"]
+    config = pipeline.PipelineConfig(DetectionRecipe(32, max_boxes=4), global_batch_size=16, training=False)
+    assert b"PyFunc" not in pipeline.batches(val, config)._as_serialized_graph().numpy()
+    assert b"PyFunc" in pipeline.build_dataset(val, config, on_ready=lambda: None)._as_serialized_graph().numpy()
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer()
+    worker = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
+    remote = pipeline.batches(val, config).apply(service.distribute("parallel_epochs", dispatcher.target))
+    local = list(pipeline.batches(val, config).as_numpy_iterator())
+    served = list(remote.as_numpy_iterator())
+    assert len(served) == len(local) == 4
+    for a, b in zip(local, served):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    worker.stop()
+    dispatcher.stop()
