@@ -56,12 +56,19 @@ flags.DEFINE_enum("strategy", DEFAULTS.strategy, CHOICES["strategy"],
 flags.DEFINE_integer("cpu_replicas", DEFAULTS.cpu_replicas,
                      "Virtual CPU devices for --strategy=mirrored on a host without GPUs.")
 flags.DEFINE_string("tpu", DEFAULTS.tpu, "TPU name or address for --strategy=tpu ('local' on a TPU VM).")
-flags.DEFINE_integer("batch_size", DEFAULTS.batch_size, "Global batch size, split evenly across replicas.")
+flags.DEFINE_integer("batch_size", DEFAULTS.batch_size,
+                     "Global batch size, split evenly across replicas. Default: planned from the data (64, halved for "
+                     "small datasets).")
 flags.DEFINE_integer("image_size", DEFAULTS.image_size,
-                     "Square training and evaluation image size in pixels. Default: the task's.")
+                     "Square training and evaluation image size in pixels. Default: planned from the data (the "
+                     "images' size, the smallest labelled objects).")
 flags.DEFINE_integer("epochs", DEFAULTS.epochs,
-                     "Epochs to train (ignored when --train_steps is set). Default: the task's.")
-flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Total optimizer steps; 0 trains --epochs epochs.")
+                     "Epochs (passes over the training data) to train; ignored when --train_steps is set. Default: "
+                     "planned from the data (the optimizer steps the task needs, in epochs of at least 100 steps).")
+flags.DEFINE_integer("train_steps", DEFAULTS.train_steps, "Total optimizer steps; 0: --epochs, or planned.")
+flags.DEFINE_integer("patience", DEFAULTS.patience,
+                     "Stop after this many validated epochs without a new best of the task's metric (best.keras is "
+                     "kept); 0: train the whole run.")
 flags.DEFINE_enum("optimizer", DEFAULTS.optimizer, CHOICES["optimizer"], "Optimizer.")
 flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate,
                    "Peak learning rate (after warmup). Default: the task's.")
@@ -92,6 +99,9 @@ flags.DEFINE_bool("skip_bad_files", DEFAULTS.skip_bad_files,
                   "Scan image files first and leave out (count and log) the ones that do not decode, instead of "
                   "stopping at the first.")
 flags.DEFINE_bool("flip", DEFAULTS.flip, "Random left-right flips in training.")
+flags.DEFINE_float("min_crop_area", DEFAULTS.min_crop_area,
+                   "Classification: smallest area of the random-resized training crops, a fraction of the image. "
+                   "Default: planned (0.5; 0.85 for images of 32 px or less).")
 flags.DEFINE_float("color_jitter", DEFAULTS.color_jitter,
                    "Brightness, contrast and saturation jitter: factors in [1 - x, 1 + x]; 0 off. Default: the "
                    "task's for the model (detection: brightness 0.4, saturation 0.7).")

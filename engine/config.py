@@ -29,8 +29,8 @@ class FlagError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a run needs. Field names equal the flag names of launch.py. None: the task's default for
-    the model (the `defaults` of engine/tasks/*.py)."""
+    """Everything a run needs. Field names equal the flag names of launch.py. None: planned from the data
+    (engine/plan.py and the tasks' `planned`) or the task's default for the model (the tasks' `defaults`)."""
 
     task: str = "classification"
     dataset: str = "shapes"
@@ -48,10 +48,11 @@ class Config:
     strategy: str = "default"
     cpu_replicas: int = 2
     tpu: str = ""
-    batch_size: int = 64
+    batch_size: int | None = None
     image_size: int | None = None
     epochs: int | None = None
     train_steps: int = 0
+    patience: int = 0
     optimizer: str = "adamw"
     learning_rate: float | None = None
     weight_decay: float = 1e-4
@@ -69,6 +70,7 @@ class Config:
     deterministic: bool = False
     skip_bad_files: bool = False
     flip: bool = True
+    min_crop_area: float | None = None
     color_jitter: float | None = None
     hue: float | None = None
     randaugment_ops: int | None = None
@@ -98,6 +100,12 @@ class Config:
                 raise FlagError(f"--{name}={getattr(self, name)} is unknown; choose one of {', '.join(choices)}")
         if self.cache not in ("none", "memory") and not (self.cache.startswith("disk:") and len(self.cache) > 5):
             raise FlagError(f"--cache={self.cache} is not one of {CACHE_CHOICES}")
+        for name, lowest in (("batch_size", 1), ("image_size", 8), ("epochs", 1), ("train_steps", 0),
+                             ("patience", 0)):
+            if getattr(self, name) is not None and getattr(self, name) < lowest:
+                raise FlagError(f"--{name}={getattr(self, name)} must be at least {lowest}")
+        if self.min_crop_area is not None and not 0.0 < self.min_crop_area <= 1.0:
+            raise FlagError(f"--min_crop_area={self.min_crop_area} must be in (0, 1]")
         if len(self.mask_dirs) != 2:
             raise FlagError(f"--mask_dirs={','.join(self.mask_dirs)} must name two folders: IMAGES,MASKS")
         profile_batches(self.profile_steps)

@@ -3,6 +3,7 @@ data) and the augmented-batch previews of `--mode=preview` (also drawn before tr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -10,8 +11,9 @@ import time
 from datasets import pipeline, tools
 from datasets import preview as preview_images
 from datasets.sources import tfrecord
+from engine import tasks
 from engine.config import Config, FlagError
-from engine.job import Job, load_source, source_of
+from engine.job import Job, load_source, plan_run, source_of
 
 
 def convert(config: Config) -> dict:
@@ -28,14 +30,20 @@ def convert(config: Config) -> dict:
 
 
 def inspect(config: Config) -> dict:
-    """`--mode=inspect`: prints and writes (to --model_dir/inspect.json) a report on `--dataset`."""
+    """`--mode=inspect`: prints and writes (to --model_dir/inspect.json) a report on `--dataset`, and the run
+    that `--task` would plan for it (for one replica)."""
     source = source_of(config)
     report = tools.inspect(source)
+    task_class = tasks.TASKS[config.task]
+    _, run_plan = plan_run(dataclasses.replace(config, model=config.model or task_class.default_model), source, 1)
+    report["plan"] = {"task": config.task, **run_plan.describe()}
     model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "inspect.json"), "w") as f:
         json.dump(report, f, indent=2)
     print("\n".join(tools.report_lines(report, source.notes)))
+    print(f"[inspect] the run --task={config.task} plans for this data (one replica):")
+    print("\n".join(run_plan.lines()))
     print(f"[inspect] report written to {os.path.join(model_dir, 'inspect.json')}")
     return report
 

@@ -22,14 +22,14 @@ from engine.job import Job
 
 def build_model(job: Job) -> keras.Model:
     """The task's model, compiled under the strategy with the optimizer, schedule and numerics of `job`."""
-    config, plan = job.config, job.plan
+    config, steps = job.config, job.steps
     with job.strategy.scope():
         try:
             model = job.task.build_model()
         except ValueError as error:  # a model name or size the task's builders refuse, named in the message
             raise FlagError(str(error)) from error
         schedule = optim.learning_rate_schedule(config.learning_rate, config.lr_schedule,
-                                                round(config.warmup_epochs * plan.steps_per_epoch), plan.total_steps)
+                                                round(config.warmup_epochs * steps.steps_per_epoch), steps.total_steps)
         model.compile(optimizer=optim.build_optimizer(config.optimizer, schedule, config.weight_decay,
                                                       config.momentum),
                       **job.task.compile_args(), jit_compile=job.numerics.jit_compile,
@@ -93,20 +93,25 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
 
 
 def train(job: Job, model: keras.Model, started: float) -> dict:
-    """Fits `model` (resuming from the run directory's backup), validating every epoch in train_and_eval, and
-    writes the overlays, final.keras and summary.json; returns the summary."""
+    """Fits `model` (resuming from the run directory's backup), validating every epoch in train_and_eval and
+    stopping early after --patience epochs without a new best, and writes the overlays, final.keras and
+    summary.json; returns the summary."""
     config = job.config
     if job.is_chief and config.preview_batches > 0:
         preview(job)
     throughput = throughput_logger(job)
     validate = config.mode == "train_and_eval"
+    callbacks = _callbacks(job, throughput, validate)
+    stopper = keras.callbacks.EarlyStopping(job.task.best_metric, patience=config.patience, mode="max", verbose=1)
+    if validate and config.patience:  # every worker sees the same all-reduced logs, so all stop together
+        callbacks.append(stopper)
     with evaluate.quiet_end_of_evaluation():
         model.fit(
             job.dataset(training=True, on_ready=throughput.clock.note if throughput.clock else None),
-            epochs=job.plan.epochs, steps_per_epoch=job.plan.steps_per_epoch,
+            epochs=job.steps.epochs, steps_per_epoch=job.steps.steps_per_epoch,
             # No validation_steps: the evaluation dataset ends after one pass (see pipeline.batches).
             validation_data=job.dataset(training=False) if validate else None,
-            callbacks=_callbacks(job, throughput, validate),
+            callbacks=callbacks,
             verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
         )
     history_csv = os.path.join(job.model_dir, "history.csv")
@@ -116,7 +121,9 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
         **last_row, **job.task.summary(last_row),
         "best_metric": job.task.best_metric if validate else "loss",
         "best_value": _best_so_far(history_csv, job.task.best_metric) if validate else None,
-        "epochs": job.plan.epochs, "wall_time_seconds": time.perf_counter() - started,
+        "epochs": job.steps.epochs, "wall_time_seconds": time.perf_counter() - started,
+        "stopped_early": (f"after epoch {stopper.stopped_epoch + 1}: no new best {job.task.best_metric} in "
+                          f"{config.patience} epochs" if stopper.stopped_epoch else None),
         "images_per_second": throughput.steady_images_per_second(),
         **{k: resolved[k] for k in ("strategy", "replicas", "precision", "jit_compile", "device_kind", "num_train",
                                     "num_val")},

@@ -1,6 +1,6 @@
 """A run's job: everything resolved from the flags before a model is built, written to config.json.
 
-    flags -> the task's defaults -> strategy -> numerics -> data source -> task -> step plan -> Job
+    flags -> model -> strategy -> numerics -> data source -> plan (engine/plan.py) -> task's defaults -> task -> Job
 
 Run directory (`--model_dir`), written by the chief:
     config.json        the flags (with the task's defaults) and what was resolved: strategy, numerics, data
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
 
@@ -28,37 +27,12 @@ import tensorflow as tf
 from datasets import pipeline, tools
 from datasets.sources import spec
 from datasets.sources.base import Source, Split
-from engine import devices, keras_patches, precision, tasks
+from engine import devices, keras_patches, plan, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 from engine.devices import DeviceInfo
+from engine.plan import Plan, StepPlan
 from engine.precision import Numerics
 from engine.tasks.base import Task
-
-
-@dataclasses.dataclass(frozen=True)
-class StepPlan:
-    """How many optimizer steps make an epoch, and how many epochs make the run."""
-
-    steps_per_epoch: int
-    epochs: int
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps in the whole run."""
-        return self.steps_per_epoch * self.epochs
-
-
-def plan_steps(num_train: int, global_batch_size: int, epochs: int, train_steps: int) -> StepPlan:
-    """Full epochs of `num_train` examples (last partial batch dropped), or about `train_steps` steps."""
-    natural = num_train // global_batch_size
-    if natural < 1:
-        raise FlagError(f"--batch_size={global_batch_size} exceeds the {num_train} training examples")
-    if train_steps > 0:
-        run_epochs = math.ceil(train_steps / natural)
-        return StepPlan(math.ceil(train_steps / run_epochs), run_epochs)
-    if epochs < 1:
-        raise FlagError(f"--epochs={epochs} must be at least 1 (or set --train_steps)")
-    return StepPlan(natural, epochs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +45,14 @@ class Job:
     numerics: Numerics
     task: Task
     source: Source
-    plan: StepPlan
+    plan: Plan
     is_chief: bool
     worker: int
+
+    @property
+    def steps(self) -> StepPlan:
+        """The run's steps per epoch and epochs."""
+        return self.plan.steps
 
     @property
     def model_dir(self) -> str:
@@ -118,10 +97,10 @@ class Job:
             "device_kind": self.device.kind, "precision": self.numerics.precision,
             "jit_compile": self.numerics.jit_compile, "numerics_reason": self.numerics.reason,
             "per_replica_batch_size": self.config.batch_size // self.replicas,
-            "steps_per_epoch": self.plan.steps_per_epoch, "epochs": self.plan.epochs,
-            "total_steps": self.plan.total_steps, "num_train": len(self.train_split), "num_val": len(self.val_split),
+            "steps_per_epoch": self.steps.steps_per_epoch, "epochs": self.steps.epochs,
+            "total_steps": self.steps.total_steps, "num_train": len(self.train_split), "num_val": len(self.val_split),
             "class_names": self.task.class_names, "is_chief": self.is_chief,
-            "augment": dataclasses.asdict(self.task.augment()),
+            "augment": dataclasses.asdict(self.task.augment()), "plan": self.plan.describe(),
         }
 
 
@@ -152,13 +131,21 @@ def _model_dir(config: Config) -> str:
     return os.path.join("runs", f"{config.task}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def prepare(config: Config) -> Job:
-    """Resolves defaults, strategy, numerics, data, task and step plan; writes config.json; prints one line."""
+def plan_run(config: Config, source: Source, replicas: int) -> tuple[Config, Plan]:
+    """The run planned from `source` for the flags left unset (engine/plan.py), and the config with the plan's
+    values and then the task's defaults filled in."""
     task_class = tasks.TASKS[config.task]
-    config = task_class.with_defaults(config)
+    profile = task_class.profile(source, config)
+    run_plan = plan.make(config, task_class.min_steps, task_class.planned(config, profile), profile, replicas)
+    return task_class.with_defaults(dataclasses.replace(config, **run_plan.flags)), run_plan
+
+
+def prepare(config: Config) -> Job:
+    """Resolves the model, strategy, numerics, data, plan and task; writes config.json; prints the plan."""
+    task_class = tasks.TASKS[config.task]
+    config = dataclasses.replace(config, model=config.model or task_class.default_model)
     config = dataclasses.replace(config, model_dir=_model_dir(config))
     strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
-    devices.check_batch_size(config.batch_size, strategy)
     keras_patches.patch_for(strategy)
     numerics = precision.resolve(config.precision, config.jit_compile, device, config.model)
     if numerics.jit_compile and device.kind == "CPU" and strategy.num_replicas_in_sync > 1:
@@ -170,18 +157,20 @@ def prepare(config: Config) -> Job:
     keras.utils.set_random_seed(config.seed)
 
     source = load_source(config)
+    config, run_plan = plan_run(config, source, strategy.num_replicas_in_sync)
+    devices.check_batch_size(config.batch_size, strategy)
     task = task_class.from_source(config, source)
-    plan = plan_steps(len(source.splits["train"]), config.batch_size, config.epochs, config.train_steps)
     is_chief, worker = devices.worker_role(strategy)
-    job = Job(task.config, strategy, device, numerics, task, source, plan, is_chief, worker)
+    job = Job(task.config, strategy, device, numerics, task, source, run_plan, is_chief, worker)
     if is_chief:  # an evaluation must not overwrite the configuration of the training it evaluates
         write_config(job, "eval_config.json" if config.mode == "eval" else "config.json")
     print(f"[engine] {config.task} on {source.name} ({len(job.train_split)} train / {len(job.val_split)} val, "
           f"{task.num_classes} classes) | strategy {config.strategy} x{job.replicas} on {device.kind} | batch "
-          f"{config.batch_size} ({config.batch_size // job.replicas}/replica) | {numerics.precision}, XLA "
-          f"{'on' if numerics.jit_compile else 'off'} | {plan.epochs} epochs x {plan.steps_per_epoch} steps | "
-          f"{job.model_dir}", flush=True)
+          f"{config.batch_size} ({config.batch_size // job.replicas}/replica) | {config.image_size} px | "
+          f"{numerics.precision}, XLA {'on' if numerics.jit_compile else 'off'} | {job.steps.epochs} epochs x "
+          f"{job.steps.steps_per_epoch} steps | {job.model_dir}", flush=True)
     print(f"[engine] {numerics.reason}", flush=True)
+    print("\n".join(run_plan.lines()), flush=True)
     return job
 
 

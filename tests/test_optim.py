@@ -6,7 +6,7 @@ import pytest
 
 from engine import optim
 from engine.config import Config, FlagError
-from engine.job import plan_steps
+from engine.plan import steps as plan_steps
 
 
 def _rate(schedule, step):
@@ -52,12 +52,12 @@ def test_unknown_optimizer_and_schedule_name_the_flag():
         Config(lr_schedule="step")
 
 
-def test_step_plan():
-    plan = plan_steps(1000, 64, epochs=3, train_steps=0)
+def test_step_plan_honours_explicit_epochs_and_steps():
+    plan, _ = plan_steps(1000, 64, epochs=3, train_steps=0, min_steps=2000)
     assert (plan.steps_per_epoch, plan.epochs) == (15, 3)
-    plan = plan_steps(1000, 64, epochs=3, train_steps=40)
+    plan, _ = plan_steps(1000, 64, epochs=3, train_steps=40, min_steps=2000)
     assert plan.epochs == 3 and plan.total_steps >= 40 and plan.total_steps - 40 < plan.epochs
-    plan = plan_steps(1000, 64, epochs=3, train_steps=5)
+    plan, _ = plan_steps(1000, 64, epochs=3, train_steps=5, min_steps=2000)
     assert (plan.steps_per_epoch, plan.epochs) == (5, 1)
     with pytest.raises(FlagError, match="--batch_size=64 exceeds the 10 training examples"):
-        plan_steps(10, 64, 1, 0)
+        plan_steps(10, 64, 1, 0, 2000)

@@ -51,7 +51,7 @@ def test_a_config_is_never_changed_once_made():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.model = "resnet"  # type: ignore[misc]
     filled = tasks.TASKS["detection"].with_defaults(Config(task="detection"))
-    assert (filled.model, filled.image_size, filled.mosaic) == ("yolov8_n", 128, 0.5)
+    assert (filled.model, filled.learning_rate, filled.mosaic, filled.image_size) == ("yolov8_n", 2e-3, 0.5, None)
     assert Config(task="detection").model is None
 
 

@@ -53,7 +53,8 @@ def _rgb(image: tf.Tensor) -> tf.Tensor:
     return image[..., :3] if channels == 4 else image
 
 
-def _pixels(example: dict) -> tf.Tensor:
+def pixels(example: dict) -> tf.Tensor:
+    """The example's uint8 RGB pixels: its "image", or its "encoded" file decoded whole."""
     return _rgb(example["image"]) if "image" in example else _decode_any(example["encoded"])
 
 
@@ -86,7 +87,7 @@ def decode_resize(image_size: int) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8."""
 
     def apply(example: dict) -> dict:
-        return _without_encoded(example, _to_uint8_size(_pixels(example), image_size))
+        return _without_encoded(example, _to_uint8_size(pixels(example), image_size))
 
     return apply
 

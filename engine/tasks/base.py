@@ -17,8 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from datasets import profile as data_profile
 from datasets.recipes import Augment, Recipe
-from datasets.sources.base import Source
+from datasets.sources.base import Source, Targets
 from engine.config import Config
 
 
@@ -28,6 +29,7 @@ class Task(abc.ABC):
     name: ClassVar[str]  # the --task value
     default_model: ClassVar[str]  # --model when not given
     best_metric: ClassVar[str]  # the validation metric that picks the best checkpoint (higher is better)
+    min_steps: ClassVar[int]  # optimizer steps a from-scratch run needs: the length of a planned run (plan.py)
     per_class: ClassVar[tuple[str, str] | None] = None  # (metric, title): logs hold val_<metric>_<class>
     draws_overlays: ClassVar[bool] = False  # `predict` and `draw` show validation images with predictions
 
@@ -44,7 +46,25 @@ class Task(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def defaults(cls, model: str) -> dict[str, object]:
-        """The values of the flags left unset (None) for `model`: the one place a task's defaults live."""
+        """The values of the flags left unset (None) for `model` that do not depend on the data (`planned`
+        gives those that do): the one place a task's defaults live."""
+
+    @classmethod
+    @abc.abstractmethod
+    def planned(cls, config: Config, profile: data_profile.Profile) -> dict[str, tuple[object, str]]:
+        """What the data asks of the flags this task plans (input size, augmentation): {flag: (value, why)}.
+        engine/plan.py uses the values of the flags left unset and warns where given ones are far off."""
+
+    @classmethod
+    def profile(cls, source: Source, config: Config) -> data_profile.Profile:
+        """The training split measured for planning, with the labels this task learns."""
+        return data_profile.measure(source.splits["train"], cls.profile_targets(source),
+                                    cls.class_names_of(source, config), config.ignore_value)
+
+    @classmethod
+    def profile_targets(cls, source: Source) -> Targets:
+        """The labels the profile measures objects of: none (image labels)."""
+        return Targets()
 
     @classmethod
     def with_defaults(cls, config: Config) -> Config:
