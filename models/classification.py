@@ -50,10 +50,14 @@ def _pixels(image_size: int):
     return inputs, layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
 
 
+TINY = 32  # inputs this small keep their resolution through the stem (as CIFAR networks do)
+
+
 def small_cnn(num_classes: int, image_size: int, width: int = 16, dropout: float = 0.1) -> keras.Model:
-    """A plain 3x3-conv network (stride-2 stem, 4 stages of 2 convs, BN, ReLU) that learns shapes on a CPU."""
+    """A plain 3x3-conv network (stem, 4 stages of 2 convs, BN, ReLU) that learns shapes on a CPU; the stem
+    strides 2 unless the input is TINY."""
     inputs, x = _pixels(image_size)
-    x = _conv_bn_relu(x, width, stride=2, name="stem")
+    x = _conv_bn_relu(x, width, stride=1 if image_size <= TINY else 2, name="stem")
     for stage, filters in enumerate((width, width * 2, width * 4, width * 8)):
         x = _conv_bn_relu(x, filters, stride=1 if stage == 0 else 2, name=f"stage{stage}_a")
         x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
