@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets.ops import decode
-from datasets.sources.base import Split, Targets
+from datasets.sources.base import DataError, Split, Targets
 
 SAMPLE = 256  # training examples measured
 MIN_OBJECTS = 5  # a class needs this many objects in the sample to count for the smallest objects
@@ -77,8 +77,10 @@ def measure(split: Split, targets: Targets = Targets(), class_names: list[str] |
     """Measures up to `sample` training examples of `split` (a seeded choice), with their boxes or masks when
     `targets` asks for them; `class_names` name the smallest objects' class."""
     records = split.records(tf.distribute.InputContext(), seed=0, shuffle=True, targets=targets).take(sample)
+    # Files that do not decode are left out here; the pipeline, or --mode=inspect, names them.
+    measured = records.map(_measured, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     shapes, grey, sizes = [], [], {}
-    for example in records.map(_measured, num_parallel_calls=tf.data.AUTOTUNE).as_numpy_iterator():
+    for example in measured.as_numpy_iterator():
         height, width = (int(v) for v in example["shape"])
         shapes.append((height, width))
         grey.append(bool(example["grey"]))
@@ -91,7 +93,10 @@ def measure(split: Split, targets: Targets = Targets(), class_names: list[str] |
             for label in np.flatnonzero(example["pixels"]):
                 if label != ignore_value:
                     sizes.setdefault(int(label), []).append(float(np.sqrt(example["pixels"][label])) / longer)
-    heights, widths = (np.asarray(v) for v in zip(*shapes)) if shapes else (np.zeros(1), np.zeros(1))
+    if not shapes:
+        raise DataError(f"none of the {min(sample, len(split))} training images sampled decodes; --mode=inspect "
+                        "lists the bad files")
+    heights, widths = (np.asarray(v) for v in zip(*shapes))
     smallest, name = _smallest(sizes, class_names or [])
     return Profile(len(split), len(shapes), int(np.median(heights)), int(np.median(widths)),
                    bool(grey) and all(grey), smallest, name)

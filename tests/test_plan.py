@@ -40,6 +40,8 @@ def test_profile_measures_size_and_greyness_of_written_images(tmp_path):
     assert (grey.num_train, grey.height, grey.width, grey.grey, grey.smallest_object) == (9, 20, 24, True, None)
     colour = profile.measure(folder.folder_source(str(tmp_path / "colour"), 0.25, 0).splits["train"])
     assert (colour.height, colour.width, colour.grey) == (30, 40, False)
+    (tmp_path / "grey" / "a" / "0.png").write_bytes(b"not an image")  # left out of the sample, named later
+    assert profile.measure(folder.folder_source(str(tmp_path / "grey"), 0.25, 0).splits["train"]).sampled == 8
 
 
 def test_profile_finds_the_smallest_class_of_boxes_and_of_masks(tmp_path):
