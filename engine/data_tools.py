@@ -8,6 +8,8 @@ import json
 import os
 import time
 
+import keras
+
 from datasets import pipeline, tools
 from datasets import preview as preview_images
 from datasets.sources import tfrecord
@@ -35,6 +37,7 @@ def inspect(config: Config) -> dict:
     source = source_of(config)
     report = tools.inspect(source)
     task_class = tasks.TASKS[config.task]
+    keras.utils.set_random_seed(config.seed)  # the sample of the data a run with this --seed measures
     _, run_plan = plan_run(dataclasses.replace(config, model=config.model or task_class.default_model), source, 1)
     report["plan"] = {"task": config.task, **run_plan.describe()}
     model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
