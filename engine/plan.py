@@ -25,7 +25,6 @@ MIN_EPOCH_STEPS = 100
 MIN_EPOCHS = 10
 FINE_TUNING_SHARE = 1 / 3  # of the from-scratch steps, when --weights starts the model
 TOO_SHORT = 0.25  # explicit run lengths below this share of the planned steps get a warning
-PERCENTILE_NOTE = f"{PERCENTILE}th percentile"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +71,7 @@ def object_size(profile: Profile, object_px: float, multiple: int, budget: int) 
     size = int(min(largest, max(multiple, round(wanted / multiple) * multiple)))
     cap = "" if size >= wanted - multiple / 2 else (
         f", capped by {'the budget' if largest == budget else 'the images'} at {largest}")
-    return size, (f"the smallest objects ({profile.smallest_class}, {PERCENTILE_NOTE}) are "
+    return size, (f"the smallest objects ({profile.smallest_class}, {PERCENTILE}th percentile) are "
                   f"{profile.smallest_object:.1%} of the images' longer side ({profile.longer_side} px): "
                   f"{profile.smallest_object * size:.0f} px at {size}, about {object_px} wanted{cap}")
 
