@@ -48,9 +48,17 @@ flags.DEFINE_string("model", DEFAULTS.model,
                     "efficientnet_b0, resnet50. Segmentation: unet (default), unet_bilinear, deeplabv3plus. "
                     "Detection: yolov8_n (default), yolov8_xs, yolov8_s, yolov8_m. Flags left unset take the "
                     "defaults of the task for the model (`defaults` in engine/tasks/*.py).")
-flags.DEFINE_string("weights", DEFAULTS.weights,
-                    "Initial weights: a local .weights.h5/.keras file (detection: of the backbone), or 'imagenet' "
-                    "(downloads; applications only).")
+flags.DEFINE_string("init_checkpoint", DEFAULTS.init_checkpoint,
+                    "Start from earlier weights: a run directory (its best.keras), a .keras or .weights.h5 file of "
+                    "this engine, or 'imagenet' (keras.applications classifiers; downloads). Weights load where layer "
+                    "path and shape match; the rest (a head for other classes) start fresh.")
+flags.DEFINE_integer("freeze_epochs", DEFAULTS.freeze_epochs,
+                     "With --init_checkpoint: train this many epochs with the backbone frozen, then all of it.")
+flags.DEFINE_float("backbone_lr_scale", DEFAULTS.backbone_lr_scale,
+                   "With --init_checkpoint: the trainable backbone's learning rate is the schedule's times this.")
+flags.DEFINE_bool("train_backbone_bn", DEFAULTS.train_backbone_bn,
+                  "With --init_checkpoint: let the backbone's BatchNormalization learn batch statistics (default: "
+                  "frozen, in inference mode).")
 flags.DEFINE_enum("strategy", DEFAULTS.strategy, CHOICES["strategy"],
                   "tf.distribute strategy. multi_worker_mirrored reads TF_CONFIG.")
 flags.DEFINE_integer("cpu_replicas", DEFAULTS.cpu_replicas,
@@ -77,6 +85,12 @@ flags.DEFINE_float("momentum", DEFAULTS.momentum, "Nesterov momentum for sgd.")
 flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, CHOICES["lr_schedule"],
                   "Learning-rate schedule after the linear warmup.")
 flags.DEFINE_float("warmup_epochs", DEFAULTS.warmup_epochs, "Linear warmup length in epochs.")
+flags.DEFINE_float("ema_decay", DEFAULTS.ema_decay,
+                   "Keep an exponential moving average of the weights with this decay (e.g. 0.999); evaluation and "
+                   "the saved models use it. 0: off.")
+flags.DEFINE_integer("grad_accum_steps", DEFAULTS.grad_accum_steps,
+                     "Average the gradients of this many batches per optimizer update (effective batch "
+                     "--batch_size x this; one replica only).")
 flags.DEFINE_enum("precision", DEFAULTS.precision, CHOICES["precision"],
                   "Keras dtype policy; auto picks per device (see BUILD.md).")
 flags.DEFINE_enum("jit_compile", DEFAULTS.jit_compile, CHOICES["jit_compile"],

@@ -12,6 +12,8 @@ import time
 import keras
 import numpy as np
 
+from engine import optim
+
 
 class InputClock:
     """When each training batch was done (the pipeline calls `note` per batch, `datasets/pipeline.py`
@@ -68,7 +70,7 @@ class ThroughputLogger(keras.callbacks.Callback):
         if self.clock is not None:
             logs["input_wait_seconds"] = self._waited / self._steps
             logs["input_wait_fraction"] = self._waited / seconds
-        logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = optim.learning_rate_of(self.model.optimizer)
 
     def steady_images_per_second(self) -> float | None:
         """Median epoch throughput, leaving out the first epoch (tracing and compilation) when possible."""
@@ -96,3 +98,20 @@ class MetricDetails(keras.callbacks.Callback):
             return
         prefix = "val_" if "val_loss" in logs else ""
         logs.update({prefix + key: value for key, value in metric_details(self.model).items()})
+
+
+class EMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' SwapEMAWeights(swap_on_epoch=True): after each epoch the model holds the averaged weights (for
+    validation, evaluators and checkpoints; place it after BackupAndRestore, which must save the raw ones), and
+    the raw ones again when the next epoch trains. `at_stop()`, placed after EarlyStopping, readies the
+    averages for the end of `fit` when a run stops early (Keras does that only after the last planned epoch)."""
+
+    def __init__(self):
+        super().__init__(swap_on_epoch=True)
+
+    def at_stop(self) -> keras.callbacks.Callback:
+        """A callback that keeps the averaged weights in the model when fit ends before its last epoch."""
+        def finalize(epoch, logs=None):
+            if self.model.stop_training and self._ema_weights_in_model:
+                self._finalize_ema_values()
+        return keras.callbacks.LambdaCallback(on_epoch_end=finalize)

@@ -44,7 +44,10 @@ class Config:
     data_dir: str = ""
     tfds_download: bool = False
     model: str | None = None
-    weights: str = ""
+    init_checkpoint: str = ""
+    freeze_epochs: int = 0
+    backbone_lr_scale: float = 1.0
+    train_backbone_bn: bool = False
     strategy: str = "default"
     cpu_replicas: int = 2
     tpu: str = ""
@@ -59,6 +62,8 @@ class Config:
     momentum: float = 0.9
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
+    ema_decay: float = 0.0
+    grad_accum_steps: int = 1
     precision: str = "auto"
     jit_compile: str = "auto"
     steps_per_execution: int = 1
@@ -101,11 +106,21 @@ class Config:
         if self.cache not in ("none", "memory") and not (self.cache.startswith("disk:") and len(self.cache) > 5):
             raise FlagError(f"--cache={self.cache} is not one of {CACHE_CHOICES}")
         for name, lowest in (("batch_size", 1), ("image_size", 8), ("epochs", 1), ("train_steps", 0),
-                             ("patience", 0)):
+                             ("patience", 0), ("freeze_epochs", 0), ("grad_accum_steps", 1)):
             if getattr(self, name) is not None and getattr(self, name) < lowest:
                 raise FlagError(f"--{name}={getattr(self, name)} must be at least {lowest}")
         if self.min_crop_area is not None and not 0.0 < self.min_crop_area <= 1.0:
             raise FlagError(f"--min_crop_area={self.min_crop_area} must be in (0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise FlagError(f"--ema_decay={self.ema_decay} must be in [0, 1): 0 is off, 0.999 a common value")
+        if self.backbone_lr_scale <= 0:
+            raise FlagError(f"--backbone_lr_scale={self.backbone_lr_scale} must be positive (--freeze_epochs "
+                            "freezes the backbone)")
+        if self.freeze_epochs and not self.init_checkpoint:
+            raise FlagError(f"--freeze_epochs={self.freeze_epochs} freezes a backbone that --init_checkpoint "
+                            "starts from earlier weights; none was given")
+        if self.epochs is not None and self.freeze_epochs > self.epochs:
+            raise FlagError(f"--freeze_epochs={self.freeze_epochs} is more than --epochs={self.epochs}")
         if len(self.mask_dirs) != 2:
             raise FlagError(f"--mask_dirs={','.join(self.mask_dirs)} must name two folders: IMAGES,MASKS")
         profile_batches(self.profile_steps)

@@ -14,27 +14,47 @@ import time
 import keras
 
 from engine import callbacks as engine_callbacks
-from engine import devices, evaluate, optim
+from engine import devices, evaluate, finetune, optim
 from engine.config import FlagError, profile_batches
 from engine.data_tools import preview
 from engine.job import Job
 
 
 def build_model(job: Job) -> keras.Model:
-    """The task's model, compiled under the strategy with the optimizer, schedule and numerics of `job`."""
-    config, steps = job.config, job.steps
+    """The task's model, built under the strategy and compiled for the run's last phase."""
     with job.strategy.scope():
         try:
             model = job.task.build_model()
         except ValueError as error:  # a model name or size the task's builders refuse, named in the message
             raise FlagError(str(error)) from error
-        schedule = optim.learning_rate_schedule(config.learning_rate, config.lr_schedule,
-                                                round(config.warmup_epochs * steps.steps_per_epoch), steps.total_steps)
-        model.compile(optimizer=optim.build_optimizer(config.optimizer, schedule, config.weight_decay,
-                                                      config.momentum),
-                      **job.task.compile_args(), jit_compile=job.numerics.jit_compile,
-                      steps_per_execution=config.steps_per_execution)
+    compile_phase(job, model, job.phases[-1])
     return model
+
+
+def compile_phase(job: Job, model: keras.Model, phase: finetune.Phase) -> int:
+    """Sets what `phase` trains and compiles `model` under the strategy with the optimizer, the learning-rate
+    schedule (one schedule across the phases, counted in optimizer updates) and the numerics of `job`; with
+    --backbone_lr_scale, the trainable backbone gets its own optimizer at the scaled rate. Returns the number
+    of trainable weight tensors."""
+    config, steps, accumulation = job.config, job.steps, job.config.grad_accum_steps
+    schedule = optim.learning_rate_schedule(config.learning_rate, config.lr_schedule,
+                                            round(config.warmup_epochs * steps.steps_per_epoch / accumulation),
+                                            steps.total_steps // accumulation)
+    offset = phase.first_epoch * steps.steps_per_epoch // accumulation  # updates before this phase
+
+    def optimizer(label: str, scale: float = 1.0) -> keras.optimizers.Optimizer:
+        return optim.build_optimizer(config.optimizer, optim.per_update(schedule, accumulation, offset, scale),
+                                     config.weight_decay, config.momentum, config.ema_decay, accumulation, label)
+
+    finetune.set_trainable(model, job.task, phase)
+    with job.strategy.scope():
+        chosen = optimizer(optim.HEAD)
+        if config.init_checkpoint and config.backbone_lr_scale != 1 and not phase.frozen_backbone:
+            chosen = optim.split_optimizer(chosen, optimizer(optim.BACKBONE, config.backbone_lr_scale),
+                                           finetune.backbone_variable_paths(model, job.task))
+        model.compile(optimizer=chosen, **job.task.compile_args(), jit_compile=job.numerics.jit_compile,
+                      steps_per_execution=config.steps_per_execution)
+    return len(model.trainable_weights)
 
 
 def throughput_logger(job: Job, input_wait: bool = True) -> engine_callbacks.ThroughputLogger:
@@ -63,57 +83,83 @@ def _last_row(history_csv: str) -> dict:
     return {k: float(v) for k, v in rows[-1].items() if v not in ("", "NA") and k != "epoch"} if rows else {}
 
 
-def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate: bool
-               ) -> list[keras.callbacks.Callback]:
-    model_dir = job.model_dir
+def _backup_root(job: Job) -> str:
     # Non-chief workers keep their own backup (every worker must restore) and write nothing else.
-    backup_dir = os.path.join(model_dir, "backup") if job.is_chief else os.path.join(
-        model_dir, "workers", f"worker-{job.worker}", "backup")
+    return os.path.join(job.model_dir, "backup") if job.is_chief else os.path.join(
+        job.model_dir, "workers", f"worker-{job.worker}", "backup")
+
+
+def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate: bool, backup_dir: str,
+               stopper: keras.callbacks.EarlyStopping | None) -> list[keras.callbacks.Callback]:
+    """In order: throughput first (it adds to the logs the others read); the backup of the raw weights before
+    --ema_decay's averages replace them for the evaluators, early stopping and the checkpoints."""
+    ema = engine_callbacks.EMAWeights() if job.config.ema_decay else None
     result = [
-        throughput,  # first: adds throughput and learning rate to the logs the callbacks below read
+        throughput,
         engine_callbacks.MetricDetails(),  # per-class values of metrics that have them
-        *(evaluate.evaluators(job) if validate else []),  # metrics computed outside the graph (detection mAP)
         keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", double_checkpoint=True,
                                          delete_checkpoint=False),
+        *([ema] if ema else []),
+        *(evaluate.evaluators(job) if validate else []),  # metrics computed outside the graph (detection mAP)
+        *([stopper] if stopper else []),  # every worker sees the same all-reduced logs, so all stop together
+        *([ema.at_stop()] if ema and stopper else []),
     ]
     if not job.is_chief:
         return result
-    history_csv = os.path.join(model_dir, "history.csv")
+    history_csv = os.path.join(job.model_dir, "history.csv")
     monitor = job.task.best_metric if validate else "loss"
     result += [
-        keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "best.keras"), monitor=monitor,
+        keras.callbacks.ModelCheckpoint(os.path.join(job.model_dir, "best.keras"), monitor=monitor,
                                         mode="max" if validate else "min", save_best_only=True,
                                         initial_value_threshold=_best_so_far(history_csv, monitor)
                                         if validate else None),
         keras.callbacks.CSVLogger(history_csv, append=True),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard"), write_graph=False,
+        keras.callbacks.TensorBoard(os.path.join(job.model_dir, "tensorboard"), write_graph=False,
                                     update_freq="epoch", profile_batch=profile_batches(job.config.profile_steps)),
     ]
     return result
 
 
 def train(job: Job, model: keras.Model, started: float) -> dict:
-    """Fits `model` (resuming from the run directory's backup), validating every epoch in train_and_eval and
-    stopping early after --patience epochs without a new best, and writes the overlays, final.keras and
-    summary.json; returns the summary."""
+    """Starts `model` from --init_checkpoint, fits it phase by phase (resuming a killed run in its phase from
+    that phase's backup), validating every epoch in train_and_eval and ending a phase after --patience epochs
+    without a new best, and writes the overlays, final.keras and summary.json; returns the summary."""
     config = job.config
+    initialised = finetune.initialise(model, job.task) if config.init_checkpoint else None
+    if initialised:
+        print(initialised.line(), flush=True)
     if job.is_chief and config.preview_batches > 0:
         preview(job)
     throughput = throughput_logger(job)
     validate = config.mode == "train_and_eval"
-    callbacks = _callbacks(job, throughput, validate)
-    stopper = keras.callbacks.EarlyStopping(job.task.best_metric, patience=config.patience, mode="max", verbose=1)
-    if validate and config.patience:  # every worker sees the same all-reduced logs, so all stop together
-        callbacks.append(stopper)
-    with evaluate.quiet_end_of_evaluation():
-        model.fit(
-            job.dataset(training=True, on_ready=throughput.clock.note if throughput.clock else None),
-            epochs=job.steps.epochs, steps_per_epoch=job.steps.steps_per_epoch,
-            # No validation_steps: the evaluation dataset ends after one pass (see pipeline.batches).
-            validation_data=job.dataset(training=False) if validate else None,
-            callbacks=callbacks,
-            verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
-        )
+    phases = job.phases
+    backups = [finetune.backup_dir(_backup_root(job), phase, last=index == len(phases) - 1)
+               for index, phase in enumerate(phases)]
+    stopped = []
+    for index, phase in enumerate(phases):
+        if any(finetune.completed_epochs(later) for later in backups[index + 1:]):
+            continue  # a later phase has begun: the run resumes there
+        trainable = compile_phase(job, model, phase) if len(phases) > 1 else len(model.trainable_weights)
+        if config.init_checkpoint:
+            print(f"[phase] {phase.name}: epochs {phase.first_epoch + 1}-{phase.end_epoch}, backbone "
+                  f"{'frozen' if phase.frozen_backbone else 'trainable'}"
+                  f"{'' if config.train_backbone_bn else ' (its BatchNormalization frozen)'}, {trainable} trainable "
+                  "weight tensors", flush=True)
+        stopper = keras.callbacks.EarlyStopping(job.task.best_metric, patience=config.patience, mode="max",
+                                                verbose=1) if validate and config.patience else None
+        model._initial_epoch = None  # Keras keeps the epoch an earlier fit's BackupAndRestore restored
+        with evaluate.quiet_end_of_evaluation():
+            model.fit(
+                job.dataset(training=True, on_ready=throughput.clock.note if throughput.clock else None),
+                initial_epoch=phase.first_epoch, epochs=phase.end_epoch, steps_per_epoch=job.steps.steps_per_epoch,
+                # No validation_steps: the evaluation dataset ends after one pass (see pipeline.batches).
+                validation_data=job.dataset(training=False) if validate else None,
+                callbacks=_callbacks(job, throughput, validate, backups[index], stopper),
+                verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
+            )
+        if stopper and stopper.stopped_epoch:
+            stopped.append(f"{phase.name} phase after epoch {stopper.stopped_epoch + 1}: no new best "
+                           f"{job.task.best_metric} in {config.patience} epochs")
     history_csv = os.path.join(job.model_dir, "history.csv")
     last_row = _last_row(history_csv)
     resolved = job.resolved()
@@ -122,8 +168,9 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
         "best_metric": job.task.best_metric if validate else "loss",
         "best_value": _best_so_far(history_csv, job.task.best_metric) if validate else None,
         "epochs": job.steps.epochs, "wall_time_seconds": time.perf_counter() - started,
-        "stopped_early": (f"after epoch {stopper.stopped_epoch + 1}: no new best {job.task.best_metric} in "
-                          f"{config.patience} epochs" if stopper.stopped_epoch else None),
+        "stopped_early": "; ".join(stopped) or None,
+        "initialised": initialised.describe() if initialised else None,
+        "phases": [phase.describe() for phase in phases],
         "images_per_second": throughput.steady_images_per_second(),
         **{k: resolved[k] for k in ("strategy", "replicas", "precision", "jit_compile", "device_kind", "num_train",
                                     "num_val")},

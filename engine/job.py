@@ -5,6 +5,7 @@
 Run directory (`--model_dir`), written by the chief:
     config.json        the flags (with the task's defaults) and what was resolved: strategy, numerics, data
     backup/            Keras BackupAndRestore state (weights, optimizer, epoch), written every epoch
+    backup_frozen/     the same for the epochs with the backbone frozen (--freeze_epochs)
     best.keras         the model with the best validation metric so far
     final.keras        the model at the end of training
     history.csv        one row of metrics per epoch, across restarts
@@ -27,7 +28,7 @@ import tensorflow as tf
 from datasets import pipeline, tools
 from datasets.sources import spec
 from datasets.sources.base import Source, Split
-from engine import devices, keras_patches, plan, precision, tasks
+from engine import devices, finetune, keras_patches, plan, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 from engine.devices import DeviceInfo
 from engine.plan import Plan, StepPlan
@@ -53,6 +54,11 @@ class Job:
     def steps(self) -> StepPlan:
         """The run's steps per epoch and epochs."""
         return self.plan.steps
+
+    @property
+    def phases(self) -> list[finetune.Phase]:
+        """The run's phases (one unless --freeze_epochs)."""
+        return finetune.phases(self.config, self.steps.epochs)
 
     @property
     def model_dir(self) -> str:
@@ -101,6 +107,9 @@ class Job:
             "total_steps": self.steps.total_steps, "num_train": len(self.train_split), "num_val": len(self.val_split),
             "class_names": self.task.class_names, "is_chief": self.is_chief,
             "augment": dataclasses.asdict(self.task.augment()), "plan": self.plan.describe(),
+            "init_checkpoint_file": finetune.checkpoint_file(self.config.init_checkpoint)
+            if self.config.init_checkpoint not in ("", finetune.IMAGENET) else None,
+            "phases": [phase.describe() for phase in self.phases],
         }
 
 
@@ -153,6 +162,17 @@ def prepare(config: Config) -> Job:
         # the first and fails ("Trying to access resource ... located in device CPU:1 from device CPU:0").
         raise FlagError(f"--jit_compile=true cannot run on {strategy.num_replicas_in_sync} virtual CPU devices "
                         f"(--strategy={config.strategy}); use --strategy=one_device or --jit_compile=false")
+    if config.grad_accum_steps > 1 and strategy.num_replicas_in_sync > 1:
+        # Keras applies accumulated gradients inside a cond, where a distribution strategy cannot merge its
+        # replicas' updates ("merge_call called while defining a new graph"): keras-team/keras#20582.
+        raise FlagError(f"--grad_accum_steps={config.grad_accum_steps} runs on one replica only (Keras cannot "
+                        f"accumulate under {strategy.num_replicas_in_sync} replicas, keras-team/keras#20582); use "
+                        "--strategy=one_device, or a larger --batch_size across the replicas")
+    if config.init_checkpoint == finetune.IMAGENET and config.task != "classification":
+        raise FlagError(f"--init_checkpoint={finetune.IMAGENET} starts keras.applications classifiers only; "
+                        f"for --task={config.task} pass a run directory or .keras file")
+    if config.init_checkpoint not in ("", finetune.IMAGENET):
+        finetune.checkpoint_file(config.init_checkpoint)  # a missing file fails now, not after the data is read
     precision.apply(numerics)
     keras.utils.set_random_seed(config.seed)
 

@@ -4,7 +4,8 @@ each with the reason; and warnings where explicit flags are far from what the da
 The rules (the task's part, input size and augmentation, is its `planned` method):
 - batch: 64, halved per replica (down to `MIN_REPLICA_BATCH`) until a pass over the training data takes at
   least `MIN_PASS_STEPS` steps;
-- run length: the task's `min_steps` optimizer steps (a third of them with --weights), in epochs of at least
+- run length: the task's `min_steps` optimizer updates (a third of them with --init_checkpoint; each takes
+  --grad_accum_steps batches), in epochs of at least
   `MIN_EPOCH_STEPS` steps (small data repeats within an epoch, so that validation, checkpoints and the
   learning-rate schedule keep their step) and at least `MIN_EPOCHS` epochs.
 The generated shapes data gets the settings tuned on it: batch 64, 125-step epochs, 15 epochs (segmentation 20).
@@ -23,7 +24,7 @@ MIN_PASS_STEPS = 8
 MIN_REPLICA_BATCH = 2  # BatchNormalization needs more than one example
 MIN_EPOCH_STEPS = 100
 MIN_EPOCHS = 10
-FINE_TUNING_SHARE = 1 / 3  # of the from-scratch steps, when --weights starts the model
+FINE_TUNING_SHARE = 1 / 3  # of the from-scratch steps, when --init_checkpoint starts the model
 TOO_SHORT = 0.25  # explicit run lengths below this share of the planned steps get a warning
 
 
@@ -116,7 +117,7 @@ def _warnings(config: Config, planned_size: tuple[object, str] | None, profile: 
                      "than twice")
     if total_steps < TOO_SHORT * needed:
         found.append(f"{total_steps} optimizer steps ({steps_why}) is far from the ~{needed} a "
-                     f"{'fine-tuning' if config.weights else 'from-scratch'} {config.task} run needs; leave --epochs "
+                     f"{'fine-tuning' if config.init_checkpoint else 'from-scratch'} {config.task} run needs; leave --epochs "
                      "and --train_steps unset to have them planned")
     return found
 
@@ -131,7 +132,7 @@ def make(config: Config, min_steps: int, planned: dict[str, tuple[object, str]],
             flags[key], reasons[key] = value, why
     if config.batch_size is None:
         flags["batch_size"], reasons["batch_size"] = _batch(profile, replicas)
-    needed = round(min_steps * (FINE_TUNING_SHARE if config.weights else 1))
+    needed = round(min_steps * (FINE_TUNING_SHARE if config.init_checkpoint else 1)) * config.grad_accum_steps
     batch_size = flags.get("batch_size", config.batch_size)
     step_plan, reasons["steps"] = steps(profile.num_train, batch_size, config.epochs, config.train_steps, needed)
     warnings = _warnings(config, planned.get("image_size"), profile, step_plan.total_steps, needed, reasons["steps"])

@@ -22,12 +22,19 @@ class CaffePreprocessing(layers.Layer):
         return x - keras.ops.convert_to_tensor([103.939, 116.779, 123.68], self.compute_dtype)
 
 
+def _as_float():
+    return layers.Rescaling(1.0, name="to_float")  # for backbones that scale [0, 255] themselves
+
+
 APPLICATIONS = {
     # name: (constructor, input layer mapping uint8 [0, 255] to what the backbone expects)
-    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, lambda: layers.Rescaling(1.0, name="to_float")),
-    "mobilenet_v3_large": (keras.applications.MobileNetV3Large, lambda: layers.Rescaling(1.0, name="to_float")),
-    "efficientnet_b0": (keras.applications.EfficientNetB0, lambda: layers.Rescaling(1.0, name="to_float")),
+    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, _as_float),
+    "mobilenet_v3_large": (keras.applications.MobileNetV3Large, _as_float),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, _as_float),
+    "efficientnet_v2_b0": (keras.applications.EfficientNetV2B0, _as_float),
+    "convnext_tiny": (keras.applications.ConvNeXtTiny, _as_float),
     "resnet50": (keras.applications.ResNet50, lambda: CaffePreprocessing(name="caffe_preprocessing")),
+    "resnet50_v2": (keras.applications.ResNet50V2, lambda: layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit")),
 }
 
 
@@ -87,36 +94,39 @@ def resnet(num_classes: int, image_size: int, blocks: tuple[int, ...] = (2, 2, 2
     return keras.Model(inputs, _logits(x, num_classes, dropout), name="resnet")
 
 
-def application(name: str, num_classes: int, image_size: int, weights: str | None = None) -> keras.Model:
-    """A keras.applications backbone with a new head; `weights` is None, "imagenet" or a local file."""
+def application(name: str, num_classes: int, image_size: int, imagenet: bool = False) -> keras.Model:
+    """A keras.applications backbone with a new head; `imagenet`: the backbone's ImageNet weights (a download)."""
     constructor, input_layer = APPLICATIONS[name]
-    backbone_weights = weights if weights == "imagenet" else None
-    backbone = constructor(include_top=False, weights=backbone_weights, input_shape=(image_size, image_size, 3))
+    backbone = constructor(include_top=False, weights="imagenet" if imagenet else None,
+                           input_shape=(image_size, image_size, 3))
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = input_layer()(inputs)
-    model = keras.Model(inputs, _logits(backbone(x), num_classes, dropout=0.2), name=name)
-    if weights not in (None, "imagenet"):
-        model.load_weights(weights)
-    return model
+    return keras.Model(inputs, _logits(backbone(x), num_classes, dropout=0.2), name=name)
 
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {"small_cnn": small_cnn, "resnet": resnet}
 
 
 # Models of ImageNet scale (millions of parameters): they get the strong augmentation defaults.
-LARGE = frozenset({"mobilenet_v3_large", "efficientnet_b0", "resnet50"})
+LARGE = frozenset(APPLICATIONS) - {"mobilenet_v3_small"}
 
 
-def build_classifier(name: str, num_classes: int, image_size: int, weights: str | None = None) -> keras.Model:
-    """Builds the classifier `name` (see `names()`); `weights` only applies where a model supports it."""
+def build_classifier(name: str, num_classes: int, image_size: int, imagenet: bool = False) -> keras.Model:
+    """Builds the classifier `name` (see `names()`); `imagenet` (keras.applications models only) starts the
+    backbone from its ImageNet weights."""
     if name in APPLICATIONS:
-        return application(name, num_classes, image_size, weights)
+        return application(name, num_classes, image_size, imagenet)
     if name not in BUILDERS:
         raise ValueError(f"--model={name} is not a classifier; choose one of {', '.join(names())}")
-    model = BUILDERS[name](num_classes, image_size)
-    if weights:
-        model.load_weights(weights)
-    return model
+    if imagenet:
+        raise ValueError(f"--init_checkpoint=imagenet needs a keras.applications model: one of "
+                         f"{', '.join(sorted(APPLICATIONS))}, not --model={name}")
+    return BUILDERS[name](num_classes, image_size)
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers with weights below the head (every one but `logits`): what --freeze_epochs freezes."""
+    return [layer for layer in model.layers if layer.weights and layer.name != "logits"]
 
 
 def names() -> list[str]:

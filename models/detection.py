@@ -3,7 +3,7 @@
 uint8 images in; raw outputs {"boxes": [b, anchors, 64] distance bins, "classes": [b, anchors, classes]
 sigmoid scores}; `decode_predictions` turns them into boxes (x0, y0, x1, y1 in input pixels) after non-max
 suppression. The backbones are built from their channel and depth settings, never from a keras-cv preset
-name (presets download from Kaggle); `--weights` loads a local backbone weights file.
+name (presets download from Kaggle); `--init_checkpoint` starts them from an earlier run.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ LARGE = {"yolov8_s", "yolov8_m"}  # sizes with the full YOLO augmentation by def
 STRIDE = 32  # the coarsest feature map's stride: input sizes must divide by it
 
 
-def build_detector(name: str, num_classes: int, image_size: int, weights: str | None = None,
-                   nms_iou: float = 0.7, nms_confidence: float = 0.001, max_detections: int = 100) -> keras.Model:
+def build_detector(name: str, num_classes: int, image_size: int, nms_iou: float = 0.7,
+                   nms_confidence: float = 0.001, max_detections: int = 100) -> keras.Model:
     """The YOLOv8 detector `name` (one of SIZES) with non-max suppression at `nms_iou` for detections scoring
-    at least `nms_confidence`; `weights` is a local backbone weights file or None."""
+    at least `nms_confidence`."""
     import keras_cv  # imported here: it takes seconds and only detection (and deeplabv3plus) needs it
 
     if name not in SIZES:
@@ -40,8 +40,6 @@ def build_detector(name: str, num_classes: int, image_size: int, weights: str | 
     channels, depths, fpn_depth = SIZES[name]
     backbone = keras_cv.models.YOLOV8Backbone(stackwise_channels=channels, stackwise_depth=depths,
                                               include_rescaling=True, input_shape=(image_size, image_size, 3))
-    if weights:
-        backbone.load_weights(weights)
     with _float32_layers():  # box assignment and suppression work on the float32 outputs
         label_encoder = keras_cv.models.yolov8.LabelEncoder(num_classes=num_classes)
         suppression = keras_cv.layers.NonMaxSuppression(
@@ -53,6 +51,11 @@ def build_detector(name: str, num_classes: int, image_size: int, weights: str | 
         model.get_layer(name).dtype_policy = keras.DTypePolicy("float32")
     _initialise_head_biases(model, num_classes, image_size)
     return model
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The YOLOv8 backbone, what --freeze_epochs freezes (the feature pyramid and head train)."""
+    return [model.backbone]
 
 
 @contextlib.contextmanager

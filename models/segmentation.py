@@ -3,8 +3,8 @@
 - `unet`, `unet_bilinear`: this project's U-Net (encoder-decoder with skip connections), upsampling by
   transposed convolution or by bilinear resize + convolution. Measured at 64 px, batch 64, on 2 CPU cores:
   transposed 404 img/s, bilinear 201 img/s (same widths), hence the default.
-- `deeplabv3plus`: keras-cv's DeepLabV3+ on a ResNet50V2 backbone built without weights (local weights by
-  `--weights`).
+- `deeplabv3plus`: keras-cv's DeepLabV3+ on a ResNet50V2 backbone built without weights (earlier weights by
+  `--init_checkpoint`).
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def deeplabv3plus(num_classes: int, image_size: int) -> keras.Model:
         stackwise_filters=[64, 128, 256, 512], stackwise_blocks=[3, 4, 6, 3], stackwise_strides=[1, 2, 2, 2],
         include_rescaling=False, input_shape=(image_size, image_size, 3))
     head = keras.Sequential([  # keras-cv's default head, without its softmax: the loss takes logits
-        layers.Conv2D(256, 3, padding="same", use_bias=False), layers.BatchNormalization(), layers.ReLU(),
-        layers.UpSampling2D(4, interpolation="bilinear"),
-        layers.Conv2D(num_classes, 1, use_bias=False, dtype="float32")], name="segmentation_head")
+        layers.Conv2D(256, 3, padding="same", use_bias=False, name="head_conv"),
+        layers.BatchNormalization(name="head_bn"), layers.ReLU(name="head_relu"),
+        layers.UpSampling2D(4, interpolation="bilinear", name="head_resize"),
+        layers.Conv2D(num_classes, 1, use_bias=False, dtype="float32", name="head_logits")], name="segmentation_head")
     model = keras_cv.models.DeepLabV3Plus(backbone=backbone, num_classes=num_classes, segmentation_head=head)
     x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
     logits = layers.Activation("linear", dtype="float32", name="logits")(model(x))
@@ -86,11 +87,17 @@ BUILDERS: dict[str, Callable[[int, int], keras.Model]] = {
 LARGE = frozenset({"deeplabv3plus"})
 
 
-def build_segmenter(name: str, num_classes: int, image_size: int, weights: str | None = None) -> keras.Model:
-    """Builds the segmentation model `name` (one of BUILDERS); `weights` is a local weights file or None."""
+def build_segmenter(name: str, num_classes: int, image_size: int) -> keras.Model:
+    """Builds the segmentation model `name` (one of BUILDERS)."""
     if name not in BUILDERS:
         raise ValueError(f"--model={name} is not a segmentation model; choose one of {', '.join(sorted(BUILDERS))}")
-    model = BUILDERS[name](num_classes, image_size)
-    if weights:
-        model.load_weights(weights)
-    return model
+    return BUILDERS[name](num_classes, image_size)
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The encoder, what --freeze_epochs freezes: DeepLabV3+'s ResNet50V2, or the U-Net's layers before its
+    decoder (the `up*` layers) and logits."""
+    inner = [layer for layer in model.layers if hasattr(layer, "backbone")]
+    if inner:
+        return [inner[0].backbone]
+    return [layer for layer in model.layers if layer.weights and not layer.name.startswith(("up", "logits"))]

@@ -190,16 +190,12 @@ def test_coco8_trains_and_evaluates_with_its_80_names(tmp_path):
     assert {line.strip().rsplit(" ", 1)[0].strip() for line in table} == names_with_objects
 
 
-def test_detector_sizes_grow_and_load_local_backbone_weights(tmp_path):
+def test_detector_sizes_grow_and_the_head_starts_at_the_prior():
     from models import detection
 
     counts = [detection.build_detector(name, 3, 64).count_params() for name in detection.SIZES]
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
-    model = detection.build_detector("yolov8_n", 3, 64)
-    path = str(tmp_path / "backbone.weights.h5")
-    model.backbone.save_weights(path)
-    again = detection.build_detector("yolov8_n", 3, 64, weights=path)
-    assert all(np.array_equal(a, b) for a, b in zip(model.backbone.get_weights(), again.backbone.get_weights()))
+    again = detection.build_detector("yolov8_n", 3, 64)
     found = again.decode_predictions(again(np.zeros((2, 64, 64, 3), np.uint8)), np.zeros((2, 64, 64, 3)))
     assert tuple(found["boxes"].shape) == (2, 100, 4)
     # The head starts at Ultralytics' prior (5 objects per image), not 0.5 on every cell: no early flood of

@@ -31,14 +31,6 @@ def test_mixed_precision_keeps_float32_variables_and_outputs(policy, precision):
     assert model.get_layer("stem_conv").compute_dtype == precision.split("_")[1]
 
 
-def test_local_weights_file_is_loaded(tmp_path):
-    model = classification.build_classifier("small_cnn", num_classes=3, image_size=32)
-    path = str(tmp_path / "w.weights.h5")
-    model.save_weights(path)
-    again = classification.build_classifier("small_cnn", num_classes=3, image_size=32, weights=path)
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), again.get_weights()))
-
-
 def test_unknown_model_names_the_flag():
     with pytest.raises(ValueError, match="--model=vgg_nope"):
         classification.build_classifier("vgg_nope", 3, 32)

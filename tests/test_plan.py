@@ -80,8 +80,13 @@ def test_small_datasets_get_a_smaller_batch_and_epochs_that_repeat_the_data():
     assert (large.flags["batch_size"], large.steps.steps_per_epoch, large.steps.epochs) == (64, 937, 10)
     tuned = plan.make(Config(), ClassificationTask.min_steps, {}, _profile(), replicas=2)
     assert (tuned.flags["batch_size"], tuned.steps.steps_per_epoch, tuned.steps.epochs) == (64, 125, 15)
-    fine_tuning = plan.make(Config(weights="w.h5"), ClassificationTask.min_steps, {}, _profile(num_train=205), 1)
+    fine_tuning = plan.make(Config(init_checkpoint="run_dir"), ClassificationTask.min_steps, {},
+                            _profile(num_train=205), 1)
     assert fine_tuning.steps.total_steps == 1000 and fine_tuning.steps.total_steps < run.steps.total_steps
+    # With gradient accumulation the plan counts optimizer updates: four batches make one.
+    plain, accumulating = (plan.make(Config(grad_accum_steps=k), ClassificationTask.min_steps, {},
+                                     _profile(num_train=6400), 1) for k in (1, 4))
+    assert (plain.steps.total_steps, accumulating.steps.total_steps) == (19 * 100, 75 * 100)
 
 
 def test_tiny_grey_images_keep_their_size_mild_crops_and_no_colour_jitter():

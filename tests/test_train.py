@@ -174,6 +174,10 @@ def test_killed_run_resumes_from_last_completed_epoch(tiny_shapes, tmp_path):
     (["--mode=convert"], "--mode=convert needs --output"),
     (["--task=segmentation", "--model=small_cnn"], "--model=small_cnn is not a segmentation model"),
     (["--task=segmentation", "--image_size=40"], "--image_size=40 must be a multiple of 16"),
+    (["--strategy=mirrored", "--grad_accum_steps=2"], "--grad_accum_steps=2 runs on one replica only"),
+    (["--freeze_epochs=1"], "--freeze_epochs=1 freezes a backbone that --init_checkpoint starts"),
+    (["--init_checkpoint=/no/such/run"], "--init_checkpoint=/no/such/run: no such file or directory"),
+    (["--task=detection", "--init_checkpoint=imagenet"], "--init_checkpoint=imagenet starts keras.applications"),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(flags, message, tiny_shapes):
     result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--epochs=1", *flags)

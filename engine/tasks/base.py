@@ -94,7 +94,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_model(self) -> keras.Model:
-        """The model of --model at --image_size, with --weights if given."""
+        """The model of --model at --image_size (with ImageNet weights for --init_checkpoint=imagenet)."""
+
+    @abc.abstractmethod
+    def backbone_layers(self, model: keras.Model) -> list[keras.layers.Layer]:
+        """The layers of `model` that --freeze_epochs freezes and --backbone_lr_scale slows."""
 
     @abc.abstractmethod
     def compile_args(self) -> dict:

@@ -74,7 +74,11 @@ class ClassificationTask(Task):
         """The classifier --model with one logit per class."""
         config = self.config
         return classification.build_classifier(config.model, self.num_classes, config.image_size,
-                                               config.weights or None)
+                                               imagenet=config.init_checkpoint == "imagenet")
+
+    def backbone_layers(self, model: keras.Model) -> list[keras.layers.Layer]:
+        """Every layer with weights but the logits."""
+        return classification.backbone_layers(model)
 
     def compile_args(self) -> dict:
         """Cross-entropy on class-probability labels (one-hot, or mixed by MixUp/CutMix) and float32 logits,

@@ -94,8 +94,12 @@ class DetectionTask(Task):
     def build_model(self) -> keras.Model:
         """The YOLOv8 --model with --nms_iou and --nms_confidence non-max suppression."""
         config = self.config
-        return detection.build_detector(config.model, self.num_classes, config.image_size, config.weights or None,
-                                        config.nms_iou, config.nms_confidence)
+        return detection.build_detector(config.model, self.num_classes, config.image_size, config.nms_iou,
+                                        config.nms_confidence)
+
+    def backbone_layers(self, model: keras.Model) -> list[keras.layers.Layer]:
+        """The YOLOv8 backbone."""
+        return detection.backbone_layers(model)
 
     def compile_args(self) -> dict:
         """keras-cv YOLOv8's losses: CIoU for boxes, binary cross-entropy for classes (mAP is computed by

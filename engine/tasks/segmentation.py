@@ -76,7 +76,11 @@ class SegmentationTask(Task):
     def build_model(self) -> keras.Model:
         """The segmentation model --model with one logit per mask class."""
         config = self.config
-        return segmentation.build_segmenter(config.model, self.num_classes, config.image_size, config.weights or None)
+        return segmentation.build_segmenter(config.model, self.num_classes, config.image_size)
+
+    def backbone_layers(self, model: keras.Model) -> list[keras.layers.Layer]:
+        """The encoder."""
+        return segmentation.backbone_layers(model)
 
     def compile_args(self) -> dict:
         """Cross-entropy over labelled pixels (+ Dice), per-class weighted; mean IoU over the whole split (its
