@@ -158,8 +158,8 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
                 verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
             )
         if stopper and stopper.stopped_epoch:
-            stopped.append(f"{phase.name} phase after epoch {stopper.stopped_epoch + 1}: no new best "
-                           f"{job.task.best_metric} in {config.patience} epochs")
+            stopped.append(f"{f'{phase.name} phase ' if len(phases) > 1 else ''}after epoch "
+                           f"{stopper.stopped_epoch + 1}: no new best {job.task.best_metric} in {config.patience} epochs")
     history_csv = os.path.join(job.model_dir, "history.csv")
     last_row = _last_row(history_csv)
     resolved = job.resolved()

@@ -12,7 +12,10 @@ import pytest
 from engine import benchmark, fit, job as job_module
 from engine.config import Config, FlagError
 
-TASKS = {"classification": ("small_cnn", 32), "segmentation": ("unet", 32), "detection": ("yolov8_n", 32)}
+# task: (model, image size, epochs of 3 steps). YOLOv8's loss on one batch moves up and down by ~1 for its first
+# dozen steps: under mirrored mixed_float16, 4 epochs ended above the start in some processes ([23.47, 23.47,
+# 24.22, 24.75], also before fine-tuning landed) while 8 fell to [..., 18.75] (measured).
+TASKS = {"classification": ("small_cnn", 32, 4), "segmentation": ("unet", 32, 4), "detection": ("yolov8_n", 32, 8)}
 pytestmark = pytest.mark.slow  # 36 cases, about 6 minutes here
 COMBINATIONS = list(itertools.product(TASKS, ["one_device", "mirrored"], ["float32", "mixed_float16",
                                                                           "mixed_bfloat16"], ["false", "true"]))
@@ -27,7 +30,7 @@ def float32_afterwards():
 
 @pytest.mark.parametrize("task,strategy,precision,jit", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
 def test_tiny_model_trains_in_every_combination(tiny_shapes, tmp_path, task, strategy, precision, jit):
-    model_name, image_size = TASKS[task]
+    model_name, image_size, epochs = TASKS[task]
     config = Config(task=task, dataset=f"shapes:{tiny_shapes}", model=model_name, image_size=image_size,
                     batch_size=16, strategy=strategy, precision=precision, jit_compile=jit, mode="train",
                     learning_rate=3e-3, warmup_epochs=0.0, lr_schedule="constant", preview_batches=0, verbose=0,
@@ -39,10 +42,10 @@ def test_tiny_model_trains_in_every_combination(tiny_shapes, tmp_path, task, str
     job = job_module.prepare(config)
     assert (job.numerics.precision, job.numerics.jit_compile) == (precision, jit == "true")
     model = fit.build_model(job)
-    losses = model.fit(benchmark.one_batch_repeated(job), epochs=4, steps_per_epoch=3, verbose=0).history["loss"]
+    losses = model.fit(benchmark.one_batch_repeated(job), epochs=epochs, steps_per_epoch=3, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)), losses
-    # Falls: under mixed_float16 the loss scale skips the first steps (float16 overflow) and the few left at 3e-3
-    # on one batch may overshoot at the end (detection-mirrored: [23.28, 23.28, 22.67, 24.70] once in a full run).
+    # Falls: under mixed_float16 the loss scale skips the first steps (float16 overflow); the few left on one
+    # batch may overshoot at the end, so the lowest epoch loss is compared with the first.
     assert min(losses[1:]) < losses[0], losses
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     assert {keras.backend.standardize_dtype(v.dtype) for v in model.trainable_variables} == {"float32"}
