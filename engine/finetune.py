@@ -166,22 +166,18 @@ def _layers_within(layer: keras.layers.Layer):
         yield from _layers_within(inner)
 
 
-def set_trainable(model: keras.Model, task: Task, phase: Phase) -> dict[str, int]:
-    """Freezes the backbone in a frozen phase. BatchNormalization of a backbone started from a checkpoint stays
-    frozen (inference mode) in every phase unless --train_backbone_bn. Returns trainable and frozen counts of
-    weight tensors; compile afterwards."""
-    config = task.config
+def set_trainable(model: keras.Model, task: Task, phase: Phase) -> None:
+    """Freezes the backbone in a frozen phase (and unfreezes it in the next). BatchNormalization of a backbone
+    started from a checkpoint stays frozen (inference mode) in every phase unless --train_backbone_bn.
+    Compile afterwards."""
     backbone = task.backbone_layers(model)
-    for layer in model.layers:
-        layer.trainable = True
     for layer in backbone:
-        layer.trainable = not phase.frozen_backbone
-    if config.init_checkpoint and not config.train_backbone_bn:
+        layer.trainable = not phase.frozen_backbone  # Keras sets the layers inside a nested model alike
+    if task.config.init_checkpoint and not task.config.train_backbone_bn:
         for layer in backbone:
             for inner in _layers_within(layer):
                 if isinstance(inner, keras.layers.BatchNormalization):
                     inner.trainable = False
-    return {"trainable": len(model.trainable_weights), "frozen": len(model.non_trainable_weights)}
 
 
 def backbone_variable_paths(model: keras.Model, task: Task) -> list[str]:
