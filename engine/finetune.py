@@ -21,7 +21,6 @@ from engine.config import Config, FlagError
 from engine.tasks.base import Task
 
 IMAGENET = "imagenet"
-BACKUP = "backup"  # the last phase's BackupAndRestore directory; earlier phases add their name
 
 
 @dataclasses.dataclass(frozen=True)
