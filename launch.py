@@ -103,8 +103,12 @@ flags.DEFINE_enum("mode", DEFAULTS.mode, CHOICES["mode"],
                   "What to do. convert writes --dataset as TFRecord shards to --output; inspect reports on the "
                   "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json; preview draws "
                   "--preview_batches augmented training batches into --model_dir/preview; benchmark measures "
-                  "input alone, train step alone and end to end and says which limits (--model_dir/benchmark.json).")
-flags.DEFINE_string("output", DEFAULTS.output, "Output directory of --mode=convert.")
+                  "input alone, train step alone and end to end and says which limits (--model_dir/benchmark.json); "
+                  "export writes --model_dir/export (--formats), checked against the Keras model; predict runs a "
+                  "run's model or an --export on --images; serve starts the prediction page.")
+flags.DEFINE_string("output", DEFAULTS.output,
+                    "Output directory of --mode=convert; of --mode=predict (default: predictions/ in --model_dir or "
+                    "beside --export).")
 flags.DEFINE_integer("num_shards", DEFAULTS.num_shards, "TFRecord shards per split for --mode=convert.")
 flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed for weights, data order and augmentation.")
 flags.DEFINE_bool("deterministic", DEFAULTS.deterministic,
@@ -162,6 +166,22 @@ flags.DEFINE_string("profile_steps", DEFAULTS.profile_steps,
                     "--model_dir/tensorboard/train/plugins/profile (TensorBoard's Profile tab).")
 flags.DEFINE_integer("benchmark_steps", DEFAULTS.benchmark_steps,
                      "--mode=benchmark: timed steps per measurement (after as many warm-up steps).")
+flags.DEFINE_enum("checkpoint", DEFAULTS.checkpoint, CHOICES["checkpoint"],
+                  "Which weights of --model_dir export, predict and serve use: best.keras or final.keras (with "
+                  "--ema_decay both hold the averaged weights).")
+flags.DEFINE_list("formats", DEFAULTS.formats,
+                  "--mode=export: any of saved_model, tflite_float32, tflite_float16, tflite_int8, onnx (default: "
+                  "all). TFLite and ONNX need the export extra: pip install -e \".[export]\".")
+flags.DEFINE_integer("parity_images", DEFAULTS.parity_images,
+                     "--mode=export: validation images every artifact predicts beside the Keras model.")
+flags.DEFINE_integer("calibration_images", DEFAULTS.calibration_images,
+                     "--mode=export: training images that calibrate tflite_int8's quantization.")
+flags.DEFINE_string("export", DEFAULTS.export,
+                    "--mode=predict or serve without --model_dir: an export directory (RUN/export), its "
+                    "saved_model directory, or a .tflite or .onnx file of one.")
+flags.DEFINE_string("images", DEFAULTS.images, "--mode=predict: an image file, a folder (searched recursively) or "
+                    "a glob pattern.")
+flags.DEFINE_integer("port", DEFAULTS.port, "--mode=serve: the local port of the prediction page.")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
 
 
@@ -177,12 +197,12 @@ def main(argv: list[str]) -> int:
     budget.limit_malloc_arenas()  # before TensorFlow starts threads: keeps streaming memory flat
     quiet.import_tensorflow_quietly()
     from datasets.sources.base import DataError  # these import TensorFlow: after the quiet import above
-    from engine.config import FlagError
+    from engine.config import FlagError, ParityError
     from engine.run import run
 
     try:
         run(config_from_flags())
-    except (FlagError, DataError) as error:  # bad flags or bad data: one clear line, no traceback
+    except (FlagError, DataError, ParityError) as error:  # bad flags or bad data: one clear line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

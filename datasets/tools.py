@@ -30,7 +30,7 @@ class ScanResult:
     widths: np.ndarray
 
 
-def _reason(path: str) -> str:
+def reason(path: str) -> str:
     """Why `path` does not decode, in one line."""
     if not os.path.exists(path):
         return "missing"
@@ -41,7 +41,7 @@ def _reason(path: str) -> str:
         decode.check_encoded({"encoded": data, "id": tf.constant(path)})
         decode.decode_resize(8)({"encoded": data})
     except tf.errors.OpError as error:
-        return error.message.strip().splitlines()[0][:200]
+        return decode.BAD_FILE if decode.BAD_FILE in error.message else error.message.strip().splitlines()[0][:200]
     return "failed in the pipeline"
 
 
@@ -59,7 +59,7 @@ def scan(examples: Examples) -> ScanResult:
         good.add(record["id"].decode())
         heights.append(int(record["shape"][0]))
         widths.append(int(record["shape"][1]))
-    bad = {path: _reason(path) for path in examples.paths if path not in good}
+    bad = {path: reason(path) for path in examples.paths if path not in good}
     return ScanResult(bad, np.asarray(heights), np.asarray(widths))
 
 

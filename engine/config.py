@@ -12,19 +12,27 @@ import dataclasses
 import os
 
 TASKS = ("classification", "segmentation", "detection")  # engine/tasks/
-MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview", "benchmark")  # engine/run.py
+MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview", "benchmark", "export", "predict",
+         "serve")  # engine/run.py
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")  # engine/devices.py
 OPTIMIZERS = ("sgd", "adam", "adamw")  # engine/optim.py
 LR_SCHEDULES = ("cosine", "constant")  # engine/optim.py
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # engine/precision.py
 JIT_CHOICES = ("auto", "true", "false")  # engine/precision.py
+EXPORT_FORMATS = ("saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx")  # engine/export.py
+CHECKPOINT_CHOICES = ("best", "final")  # engine/run_dir.py
 CACHE_CHOICES = "none | memory | disk:PATH"  # datasets/pipeline.py
 CHOICES = {"task": TASKS, "mode": MODES, "strategy": STRATEGIES, "optimizer": OPTIMIZERS,
-           "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS, "jit_compile": JIT_CHOICES}
+           "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS, "jit_compile": JIT_CHOICES,
+           "checkpoint": CHECKPOINT_CHOICES}
 
 
 class FlagError(ValueError):
     """A flag value that cannot work; the message names the flag."""
+
+
+class ParityError(ValueError):
+    """An exported model that does not predict what the trained one does (engine/export.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +105,13 @@ class Config:
     preview_batches: int = 3
     profile_steps: str = ""
     benchmark_steps: int = 30
+    checkpoint: str = "best"
+    formats: list[str] = dataclasses.field(default_factory=list)  # []: every format of EXPORT_FORMATS
+    parity_images: int = 64
+    calibration_images: int = 200
+    export: str = ""
+    images: str = ""
+    port: int = 8501
     verbose: int = 1
 
     def __post_init__(self):
@@ -106,7 +121,8 @@ class Config:
         if self.cache not in ("none", "memory") and not (self.cache.startswith("disk:") and len(self.cache) > 5):
             raise FlagError(f"--cache={self.cache} is not one of {CACHE_CHOICES}")
         for name, lowest in (("batch_size", 1), ("image_size", 8), ("epochs", 1), ("train_steps", 0),
-                             ("patience", 0), ("freeze_epochs", 0), ("grad_accum_steps", 1)):
+                             ("patience", 0), ("freeze_epochs", 0), ("grad_accum_steps", 1),
+                             ("parity_images", 1), ("calibration_images", 1)):
             if getattr(self, name) is not None and getattr(self, name) < lowest:
                 raise FlagError(f"--{name}={getattr(self, name)} must be at least {lowest}")
         if self.min_crop_area is not None and not 0.0 < self.min_crop_area <= 1.0:
@@ -121,6 +137,10 @@ class Config:
                             "starts from earlier weights; none was given")
         if self.epochs is not None and self.freeze_epochs > self.epochs:
             raise FlagError(f"--freeze_epochs={self.freeze_epochs} is more than --epochs={self.epochs}")
+        unknown = [name for name in self.formats if name not in EXPORT_FORMATS]
+        if unknown:
+            raise FlagError(f"--formats={','.join(self.formats)}: {', '.join(unknown)} unknown; choose from "
+                            f"{', '.join(EXPORT_FORMATS)}")
         if len(self.mask_dirs) != 2:
             raise FlagError(f"--mask_dirs={','.join(self.mask_dirs)} must name two folders: IMAGES,MASKS")
         profile_batches(self.profile_steps)

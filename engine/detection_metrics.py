@@ -26,6 +26,16 @@ def _xywh(boxes: np.ndarray) -> np.ndarray:
     return np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU [len(a), len(b)] of boxes (x0, y0, x1, y1)."""
+    a, b = np.asarray(a, np.float32).reshape(-1, 4)[:, None], np.asarray(b, np.float32).reshape(-1, 4)[None]
+    width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = width * height
+    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
+    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+
+
 def coco_ground_truth(images: list[dict], class_names: list[str]) -> dict:
     """A COCO instances dict from per-image {"file_name", "height", "width", "boxes" [n, 4] x0 y0 x1 y1,
     "classes" [n]}; image i gets id i + 1."""

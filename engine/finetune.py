@@ -17,6 +17,7 @@ import warnings
 import keras
 
 from engine import tasks
+from engine.run_dir import run_config
 from engine.config import Config, FlagError
 from engine.tasks.base import Task
 
@@ -41,18 +42,6 @@ class Initialisation:
         fresh = "".join(f"\n  {path}: {why}" for path, why in self.fresh.items())
         return (f"[init] {self.loaded} of {self.total} weight tensors from {self.source}; "
                 f"{len(self.fresh)} left at their initial values{':' if fresh else ''}{fresh}")
-
-
-def run_config(run_dir: str) -> tuple[Config, list[str]] | None:
-    """The flags (with the task's defaults) and class names a run's config.json holds, or None without one.
-    Flags this version does not know (renamed or removed since the run) are left out."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        saved = json.load(f)
-    known = {field.name for field in dataclasses.fields(Config)}
-    return Config(**{k: v for k, v in saved.items() if k in known}), saved["resolved"]["class_names"]
 
 
 def checkpoint_file(init_checkpoint: str) -> str:

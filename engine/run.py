@@ -5,19 +5,26 @@ from __future__ import annotations
 import time
 
 from datasets import tools
-from engine import benchmark, data_tools, evaluate, fit
+from engine import benchmark, data_tools, evaluate, export, fit, predict, serve
 from engine.config import Config
 from engine.job import prepare
 
 
 def run(config: Config) -> dict:
     """Runs `config.mode`; returns the summary (train modes), the evaluation metrics (eval), the data report
-    (inspect), the shards' metadata (convert), the benchmark or the preview paths."""
+    (inspect), the shards' metadata (convert), the benchmark, the preview paths, the export report, the
+    prediction summary, or (serve) the page's exit status."""
     started = time.perf_counter()
     if config.mode == "convert":
         return data_tools.convert(config)
     if config.mode == "inspect":
         return data_tools.inspect(config)
+    if config.mode == "export":
+        return export.run(config)
+    if config.mode == "predict":
+        return predict.run(config)
+    if config.mode == "serve":
+        return serve.run(config)
     job = prepare(config)
     if config.mode == "preview":
         return {"previews": data_tools.preview(job)}

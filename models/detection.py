@@ -13,6 +13,7 @@ import functools
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 # name: (backbone channels per stage, blocks per stage, FPN depth); with 5 classes 1.0M, 3.4M, 13.2M and 25.9M
 # parameters. yolov8_xs and _s use keras-cv's yolo_v8_xs/_s_backbone channels; yolov8_n halves xs's widths
@@ -40,17 +41,37 @@ def build_detector(name: str, num_classes: int, image_size: int, nms_iou: float 
     channels, depths, fpn_depth = SIZES[name]
     backbone = keras_cv.models.YOLOV8Backbone(stackwise_channels=channels, stackwise_depth=depths,
                                               include_rescaling=True, input_shape=(image_size, image_size, 3))
-    with _float32_layers():  # box assignment and suppression work on the float32 outputs
+    with _float32_layers():  # box assignment works on the float32 outputs
         label_encoder = keras_cv.models.yolov8.LabelEncoder(num_classes=num_classes)
-        suppression = keras_cv.layers.NonMaxSuppression(
-            bounding_box_format="xyxy", from_logits=False, iou_threshold=nms_iou,
-            confidence_threshold=nms_confidence, max_detections=max_detections)
     model = _detector_class()(backbone=backbone, num_classes=num_classes, bounding_box_format="xyxy",
-                              fpn_depth=fpn_depth, label_encoder=label_encoder, prediction_decoder=suppression)
+                              fpn_depth=fpn_depth, label_encoder=label_encoder,
+                              prediction_decoder=suppression(nms_iou, nms_confidence, max_detections))
     for name in ("box", "class"):  # the head ends in float32 but these two layers would cast it back
         model.get_layer(name).dtype_policy = keras.DTypePolicy("float32")
     _initialise_head_biases(model, num_classes, image_size)
     return model
+
+
+def suppression(nms_iou: float, nms_confidence: float, max_detections: int = 100) -> keras.layers.Layer:
+    """keras-cv's class-agnostic non-max suppression of the detector (float32): boxes (xyxy) and class scores
+    in, {"boxes", "confidence", "classes", "num_detections"} out, padded to `max_detections`."""
+    import keras_cv
+
+    with _float32_layers():
+        return keras_cv.layers.NonMaxSuppression(bounding_box_format="xyxy", from_logits=False,
+                                                 iou_threshold=nms_iou, confidence_threshold=nms_confidence,
+                                                 max_detections=max_detections)
+
+
+def decode_boxes(distances: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The head's box outputs ([B, anchors, 64]: 4 sides x 16 distance bins) as boxes [B, anchors, 4] (x0, y0,
+    x1, y1 in input pixels): keras-cv's `decode_predictions` without its suppression, in ops TFLite converts."""
+    from keras_cv.src.models.object_detection.yolo_v8 import yolo_v8_detector as yolo
+
+    with _float32_layers():
+        sides = yolo.decode_regression_to_boxes(tf.cast(distances, tf.float32))
+    anchors, strides = yolo.get_anchors(image_shape=(image_size, image_size, 3))
+    return yolo.dist2bbox(sides, anchors) * strides[:, None]
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

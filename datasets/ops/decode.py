@@ -84,10 +84,12 @@ def _random_crop_window(image_shape: tf.Tensor, scale: tuple[float, float], seed
 
 
 def decode_resize(image_size: int) -> ExampleFn:
-    """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8."""
+    """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8, with the
+    decoded image's "original_size" [h, w]."""
 
     def apply(example: dict) -> dict:
-        return _without_encoded(example, _to_uint8_size(pixels(example), image_size))
+        image = pixels(example)
+        return _without_encoded(example, _to_uint8_size(image, image_size)) | {"original_size": tf.shape(image)[:2]}
 
     return apply
 

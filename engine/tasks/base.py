@@ -126,3 +126,25 @@ class Task(abc.ABC):
     def draw(self, batch: dict, predicted) -> np.ndarray:
         """Images [B, S, 2S, 3]: each of `batch` with its true labels (left) and the `predicted` ones (right)."""
         raise NotImplementedError(f"the {self.name} task draws no overlays")
+
+    # Serving (engine/serving.py): a prediction is the model's `serving_core` on preprocessed pixels (what every
+    # export format computes), then `serving_finish` back in the original image's coordinates.
+
+    @abc.abstractmethod
+    def serving_core(self, model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The model's float32 outputs for uint8 `images` [B, S, S, 3] at its input size, in ops that TFLite
+        builtins and ONNX convert."""
+
+    @abc.abstractmethod
+    def serving_finish(self, core: dict[str, tf.Tensor], original_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The predictions from `core` outputs, in the pixels of images of `original_size` [B, 2] (h, w) that
+        `recipe(False).preprocess()` fitted to the input."""
+
+    @abc.abstractmethod
+    def agreement(self, reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
+        """How closely `other` predictions (of an exported artifact) match `reference` ones (of the Keras
+        model) on the same images: {metric: value}; `parity_limits` bounds them per precision."""
+
+    # {metric of `agreement`: (">=" or "<=", {precision: limit})}: an export format whose metric is on the wrong
+    # side of its precision's limit fails the export (engine/export.py).
+    parity_limits: ClassVar[dict[str, tuple[str, dict[str, float]]]] = {}

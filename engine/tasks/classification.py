@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from datasets.profile import Profile
@@ -19,6 +20,9 @@ class ClassificationTask(Task):
     name = "classification"
     default_model = "small_cnn"
     best_metric = "val_accuracy"
+    top_k = 5  # serving returns the top 5 classes (all of them when there are fewer)
+    parity_limits = {"top1_agreement": (">=", {"float32": 0.99, "float16": 0.98, "int8": 0.9}),
+                     "max_probability_difference": ("<=", {"float32": 1e-3, "float16": 0.02, "int8": 0.25})}
     min_steps = 1875  # small_cnn on the shapes data: val_accuracy 0.98-0.99 (15 epochs of 125 steps)
     size_budget = 64  # the input size on a CPU; smaller images keep their own size
     tiny = 32  # images this small or smaller get mild crops
@@ -103,3 +107,20 @@ class ClassificationTask(Task):
         if "weight" in batch:  # evaluation batches: padding examples weigh 0
             return batch["image"], label, batch["weight"]
         return batch["image"], label
+
+    def serving_core(self, model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Class probabilities [B, classes]."""
+        return {"probabilities": tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))}
+
+    def serving_finish(self, core: dict[str, tf.Tensor], original_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The probabilities and the `top_k` classes: "classes" (ids), "scores" and "names" [B, k]."""
+        probabilities = core["probabilities"]
+        scores, classes = tf.math.top_k(probabilities, min(self.top_k, self.num_classes))
+        return {"probabilities": probabilities, "classes": classes, "scores": scores,
+                "names": tf.gather(tf.constant(self.class_names), classes)}
+
+    def agreement(self, reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
+        """The share of images with the same top class, and the largest difference of any probability."""
+        return {"top1_agreement": float(np.mean(reference["classes"][:, 0] == other["classes"][:, 0])),
+                "max_probability_difference": float(np.max(np.abs(reference["probabilities"]
+                                                                  - other["probabilities"])))}

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import preview
+from datasets.ops import spatial
 from datasets.profile import Profile
 from datasets.recipes import Augment, DetectionRecipe
 from datasets.sources.base import Source, Targets
@@ -28,6 +29,8 @@ class DetectionTask(Task):
     per_class = ("ap50", "AP50")
     draws_overlays = True
     draw_confidence = 0.25  # drawn predictions score at least this
+    match_iou = 0.9  # export parity: a box matches one of the same class overlapping it this much
+    parity_limits = {"matched_boxes": (">=", {"float32": 0.98, "float16": 0.9, "int8": 0.75})}
     min_steps = 1875  # yolov8_n on the shapes data: val_map50 0.91 (15 epochs of 125 steps)
     object_px = 16  # the smallest objects' side at the input: two cells of YOLOv8's finest (stride 8) level
     kept_px = 6  # zoom-out and Mosaic tiles (half size) must not shrink the smallest objects below this
@@ -130,3 +133,41 @@ class DetectionTask(Task):
         real = batch["classes"] >= 0
         return batch["image"], {"boxes": tf.where(real[..., None], batch["boxes"], -1.0),
                                 "classes": tf.cast(batch["classes"], tf.float32)}
+
+    def serving_core(self, model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The head's outputs for every anchor: "distances" [B, anchors, 64] (4 sides x 16 distance bins, before
+        their softmax) and class "scores" [B, anchors, classes]. Box decoding and non-max suppression are
+        `serving_finish`'s: no TFLite builtin converts the suppression (keras-cv#2499), and decoding the bins
+        in float keeps an int8 model's boxes sharp."""
+        raw = model(images, training=False)
+        return {"distances": tf.cast(raw["boxes"], tf.float32), "scores": tf.cast(raw["classes"], tf.float32)}
+
+    def serving_finish(self, core: dict[str, tf.Tensor], original_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Boxes decoded from the distance bins and non-max suppression as in evaluation (--nms_iou,
+        --nms_confidence; keras-cv's layer), back in original pixels: "boxes" [B, M, 4], "scores", "classes"
+        (-1 pads), "names" ("" pads) [B, M] and "num_detections" [B]."""
+        config = self.config
+        boxes = detection.decode_boxes(core["distances"], config.image_size)
+        found = detection.suppression(config.nms_iou, config.nms_confidence)(boxes, core["scores"])
+        classes = tf.cast(found["classes"], tf.int32)
+        real = classes >= 0
+        boxes = spatial.unletterbox_boxes(found["boxes"], original_size, config.image_size)
+        names = tf.gather(tf.constant(["", *self.class_names]), classes + 1)
+        return {"boxes": tf.where(real[..., None], boxes, 0.0), "scores": tf.where(real, found["confidence"], 0.0),
+                "classes": classes, "names": names, "num_detections": tf.cast(found["num_detections"], tf.int32)}
+
+    def agreement(self, reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
+        """The share of the boxes scoring at least `draw_confidence` (in either) that have a box of the same
+        class in the other at IoU >= `match_iou` (scoring at least 0.8 x `draw_confidence`, so a score just
+        across the line is not a miss)."""
+        matched = total = 0
+        for index in range(len(reference["boxes"])):
+            one, two = ({k: v[index] for k, v in found.items()} for found in (reference, other))
+            for shown, candidates in ((one, two), (two, one)):
+                keep = (shown["classes"] >= 0) & (shown["scores"] >= self.draw_confidence)
+                near = (candidates["classes"] >= 0) & (candidates["scores"] >= 0.8 * self.draw_confidence)
+                overlap = detection_metrics.box_iou(shown["boxes"][keep], candidates["boxes"][near])
+                same = shown["classes"][keep][:, None] == candidates["classes"][near][None, :]
+                matched += int(np.sum(np.any((overlap >= self.match_iou) & same, axis=1)))
+                total += int(np.sum(keep))
+        return {"matched_boxes": matched / total if total else 1.0, "boxes_compared": float(total)}

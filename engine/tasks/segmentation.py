@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import preview
+from datasets.ops import spatial
 from datasets.profile import Profile
 from datasets.recipes import Augment, SegmentationRecipe
 from datasets.sources.base import Source, Targets
@@ -28,6 +29,7 @@ class SegmentationTask(Task):
     size_multiple = 16  # the U-Net's and DeepLabV3+'s coarsest stride
     size_budget = 512
     per_class = ("iou", "IoU")
+    parity_limits = {"pixel_agreement": (">=", {"float32": 0.999, "float16": 0.99, "int8": 0.9})}
     draws_overlays = True
 
     def __init__(self, config: Config, class_names: list[str]):
@@ -104,3 +106,31 @@ class SegmentationTask(Task):
             weight *= batch["weight"][:, None, None]
         label = tf.cast(tf.where(counted, mask, 0), tf.float32)
         return batch["image"], tf.stack([label, weight], axis=-1)
+
+    def serving_core(self, model: keras.Model, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Class probabilities per pixel [B, S, S, classes]."""
+        return {"probabilities": tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))}
+
+    def serving_finish(self, core: dict[str, tf.Tensor], original_size: tf.Tensor) -> dict[str, tf.Tensor]:
+        """"mask": class indices int32 [B, H, W] at each original size (the most likely class at the input
+        size, its letterbox window scaled back by nearest neighbour), -1 beyond an image smaller than the
+        batch's largest; and "original_size" [B, 2] to crop each."""
+        size = self.config.image_size
+        classes = tf.argmax(core["probabilities"], axis=-1, output_type=tf.int32)[..., None]
+        height, width = tf.reduce_max(original_size[:, 0]), tf.reduce_max(original_size[:, 1])
+
+        def to_original(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+            mask, original = args
+            new_h, new_w, top, left = (tf.cast(v, tf.int32) for v in spatial.letterbox_frame(original, size))
+            window = mask[top:top + new_h, left:left + new_w]
+            mask = tf.image.resize(window, original, method="nearest")[..., 0]
+            return tf.pad(mask + 1, [[0, height - original[0]], [0, width - original[1]]]) - 1
+
+        masks = tf.map_fn(to_original, (classes, tf.cast(original_size, tf.int32)),
+                          fn_output_signature=tf.TensorSpec([None, None], tf.int32))
+        return {"mask": masks, "original_size": tf.cast(original_size, tf.int32)}
+
+    def agreement(self, reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
+        """The share of image pixels (not batch padding) given the same class."""
+        inside = reference["mask"] >= 0
+        return {"pixel_agreement": float(np.mean(reference["mask"][inside] == other["mask"][inside]))}
