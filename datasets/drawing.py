@@ -1,5 +1,6 @@
-"""Predictions drawn on images with Pillow: boxes labelled with class name and score, class masks tinted with
-a legend, and a caption band (classification's top classes). Inputs and outputs are uint8 RGB arrays."""
+"""Labels and predictions drawn on images with Pillow: boxes labelled with class name (and score), class masks
+tinted with a legend, class names tagged on an image, and a caption band (classification's top classes). Inputs
+and outputs are uint8 RGB arrays."""
 
 from __future__ import annotations
 
@@ -28,44 +29,78 @@ def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if sum(background) > 384 else (255, 255, 255)
 
 
-def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: Sequence[int], scores: Sequence[float],
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: Sequence[int], scores: Sequence[float] | None,
                names: Sequence[str]) -> np.ndarray:
-    """`image` with each box (x0, y0, x1, y1 in its pixels) outlined in its class colour and labelled
-    "name 0.87" on a filled band above it (inside the image when the box touches the top)."""
+    """`image` with each box (x0, y0, x1, y1 in its pixels) outlined in its class colour and labelled "name 0.87"
+    (without `scores`, as for true boxes: "name") on a filled band above it, kept inside the image."""
     picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     pen = ImageDraw.Draw(picture)
     font = _font(picture.height)
     width = max(1, round(picture.height / 300))
+    scores = [None] * len(classes) if scores is None else scores
     for box, class_id, score in zip(np.asarray(boxes, np.float32), classes, scores):
         fill = colour(int(class_id))
         x0, y0, x1, y1 = (float(v) for v in box)
         pen.rectangle([x0, y0, x1, y1], outline=fill, width=width)
-        label = f"{names[int(class_id)]} {float(score):.2f}"
+        label = names[int(class_id)] if score is None else f"{names[int(class_id)]} {float(score):.2f}"
         left, top, right, bottom = pen.textbbox((0, 0), label, font=font)
-        text_h = bottom - top + 2 * width
-        y = y0 - text_h if y0 - text_h >= 0 else y0
-        pen.rectangle([x0, y, x0 + right - left + 2 * width, y + text_h], fill=fill)
-        pen.text((x0 + width, y + width - top), label, fill=_text_colour(fill), font=font)
+        text_w, text_h = right - left + 2 * width, bottom - top + 2 * width
+        x = max(0.0, min(x0, picture.width - text_w))
+        y = y0 - text_h if y0 - text_h >= 0 else max(y0, 0.0)
+        pen.rectangle([x, y, x + text_w, y + text_h], fill=fill)
+        pen.text((x + width, y + width - top), label, fill=_text_colour(fill), font=font)
     return np.asarray(picture)
 
 
-def overlay_mask(image: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """`image` tinted by the class-index `mask` ([h, w]; a class named "background" and values outside
-    0..len(names)-1 untinted), with a legend band below naming the classes present, largest first, with
-    their share."""
+def tags(image: np.ndarray, labels: Sequence[tuple[int, str]]) -> np.ndarray:
+    """`image` with each (class id, text) of `labels` on a band of the class colour, stacked at its top left
+    (a training image's class names)."""
+    picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+    pen = ImageDraw.Draw(picture)
+    font = _font(picture.height)
+    y = 0
+    for class_id, text in labels:
+        fill = colour(class_id)
+        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+        pen.rectangle([0, y, right - left + 4, y + bottom - top + 4], fill=fill)
+        pen.text((2, y + 2 - top), text, fill=_text_colour(fill), font=font)
+        y += bottom - top + 5
+    return np.asarray(picture)
+
+
+def _background(names: Sequence[str]) -> int:
+    """The index of the class named "background" (any case), or -1."""
+    lowered = [name.lower() for name in names]
+    return lowered.index("background") if "background" in lowered else -1
+
+
+def tint(image: np.ndarray, mask: np.ndarray, names: Sequence[str], ignore_value: int | None = None) -> np.ndarray:
+    """`image` tinted by the class-index `mask` ([h, w]) in the class colours; a class named "background" and
+    values outside 0..len(names)-1 untinted, pixels of `ignore_value` darkened."""
     picture = np.asarray(image, np.uint8)
+    mask = np.asarray(mask).astype(np.int64)
+    ignored = mask == ignore_value if ignore_value is not None else np.zeros(mask.shape, bool)
+    shown = (mask >= 0) & (mask < len(names)) & (mask != _background(names)) & ~ignored
+    tinted = (picture * 0.45 + PALETTE[np.where(shown, mask, 0) % len(PALETTE)] * 0.55).astype(np.uint8)
+    picture = np.where(shown[..., None], tinted, picture)
+    return np.where(ignored[..., None], picture // 3, picture)
+
+
+def swatch(class_id: int, names: Sequence[str]) -> tuple[int, int, int]:
+    """A class's colour in legends: its drawing colour, white for the class named "background"."""
+    return (255, 255, 255) if class_id == _background(names) else colour(class_id)
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """`image` tinted by the class-index `mask` (`tint`), with a legend band below naming the classes present,
+    largest first, with their share."""
     mask = np.asarray(mask)
-    background = [name.lower() for name in names].index("background") if "background" in map(str.lower, names) else -1
-    shown = (mask >= 0) & (mask < len(names)) & (mask != background)
-    tint = PALETTE[np.where(shown, mask, 0) % len(PALETTE)]
-    picture = np.where(shown[..., None], (picture * 0.45 + tint * 0.55).astype(np.uint8), picture)
     present = [(int(c), float(np.mean(mask == c))) for c in np.unique(mask[(mask >= 0) & (mask < len(names))])]
     present.sort(key=lambda item: -item[1])
-    return _legend(picture, [((255, 255, 255) if c == background else colour(c), f"{names[c]} {share:.0%}")
-                             for c, share in present])
+    return legend(tint(image, mask, names), [(swatch(c, names), f"{names[c]} {share:.0%}") for c, share in present])
 
 
-def _legend(image: np.ndarray, entries: list[tuple[tuple[int, int, int], str]]) -> np.ndarray:
+def legend(image: np.ndarray, entries: Sequence[tuple[tuple[int, int, int], str]]) -> np.ndarray:
     """`image` above a white band of colour swatches and their labels, wrapped to the image's width."""
     font = _font(max(image.shape[0], 240))
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))

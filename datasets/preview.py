@@ -1,57 +1,96 @@
-"""Pictures of what the model will see: grids of augmented training batches with masks and boxes drawn.
+"""Pictures of what the model will see: grids of augmented training batches with their labels drawn on them by
+`datasets/drawing.py` (Pillow): each image's class name (the two largest of a MixUp/CutMix soft label, with
+their weights), boxes with their class names, masks tinted with a legend of their classes.
 
-Written as PNG files (like the `train_batch*.jpg` YOLO users look at first) and as TensorBoard images, with
-a text file naming each cell's label.
+Written as PNG files (like the `train_batch*.jpg` YOLO users look at first) and as TensorBoard images.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-                    [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
-                    [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]], np.uint8)
+from datasets import drawing
+
+MIN_CELL = 128  # smaller images are enlarged (pixel repetition) to at least this side, so labels stay readable
+SOFT_SHOWN = 0.01  # a soft label's second class is named from this weight on
 
 
-def _draw_box(image: np.ndarray, box: np.ndarray, colour: np.ndarray, width: int) -> None:
-    height, image_width = image.shape[:2]
-    x0, y0, x1, y1 = np.round(box).astype(int)
-    x0, x1 = np.clip([x0, x1 - 1], 0, image_width - 1)
-    y0, y1 = np.clip([y0, y1 - 1], 0, height - 1)
-    image[y0:y0 + width, x0:x1 + 1] = colour
-    image[max(y1 - width + 1, 0):y1 + 1, x0:x1 + 1] = colour
-    image[y0:y1 + 1, x0:x0 + width] = colour
-    image[y0:y1 + 1, max(x1 - width + 1, 0):x1 + 1] = colour
+def enlarge(images: np.ndarray, min_cell: int = MIN_CELL) -> tuple[np.ndarray, int]:
+    """[B, H, W, ...] enlarged by the whole factor (pixel repetition) that makes H at least `min_cell`; and the
+    factor."""
+    factor = max(1, -(-min_cell // images.shape[1]))
+    return images.repeat(factor, axis=1).repeat(factor, axis=2), factor
 
 
-def draw(batch: dict[str, np.ndarray], ignore_value: int = 255) -> np.ndarray:
-    """The batch's images (uint8 [B, S, S, 3]) with "mask" classes tinted (0 = background untinted, ignored
-    pixels darkened) and "boxes" outlined in their class colours."""
-    images = np.array(batch["image"], np.uint8)
-    if "mask" in batch:
-        mask = np.asarray(batch["mask"])[..., 0]
-        tint = PALETTE[mask.astype(int) % len(PALETTE)]
-        labelled = ((mask > 0) & (mask != ignore_value))[..., None]
-        images = np.where(labelled, (images * 0.5 + tint * 0.5).astype(np.uint8), images)
-        images = np.where((mask == ignore_value)[..., None], images // 3, images)
-    if "boxes" in batch:
-        width = max(1, images.shape[1] // 128)
-        for image, boxes, classes in zip(images, np.asarray(batch["boxes"]), np.asarray(batch["classes"])):
-            for box, class_id in zip(boxes, classes):
-                if class_id >= 0:
-                    _draw_box(image, box, PALETTE[class_id % len(PALETTE)], width)
-    return images
+def label_tags(label: np.ndarray, class_names: Sequence[str]) -> list[tuple[int, str]]:
+    """An image label as (class id, text) tags: its class name; a soft label's two largest classes with their
+    weights ("shirt 0.62", "+ coat 0.38"; the second only from SOFT_SHOWN)."""
+    label = np.asarray(label)
+    if label.ndim == 0:
+        return [(int(label), class_names[int(label)])]
+    first, second = np.argsort(-label, kind="stable")[:2]
+    tags = [(int(first), f"{class_names[first]} {label[first]:.2f}")]
+    if label[second] >= SOFT_SHOWN:
+        tags.append((int(second), f"+ {class_names[second]} {label[second]:.2f}"))
+    return tags
+
+
+def draw(batch: dict[str, np.ndarray], class_names: Sequence[str], ignore_value: int | None = 255,
+         min_cell: int = MIN_CELL) -> np.ndarray:
+    """The batch's images (uint8 [B, S, S, 3]) enlarged to at least `min_cell` px with their labels drawn: a
+    "label"'s class name(s) at the top left, "mask" classes tinted (a class named "background" untinted,
+    `ignore_value` pixels darkened), "boxes" outlined and named by their "classes" (-1: none), with their
+    "scores" when the batch has them."""
+    images, factor = enlarge(np.asarray(batch["image"], np.uint8), min_cell)
+    cells = []
+    for index, image in enumerate(images):
+        if "mask" in batch:
+            mask = np.asarray(batch["mask"][index])[..., 0].repeat(factor, axis=0).repeat(factor, axis=1)
+            image = drawing.tint(image, mask, class_names, ignore_value)
+        if "boxes" in batch:
+            classes = np.asarray(batch["classes"][index])
+            real = classes >= 0
+            scores = np.asarray(batch["scores"][index])[real] if "scores" in batch else None
+            image = drawing.draw_boxes(image, np.asarray(batch["boxes"][index])[real] * factor, classes[real], scores,
+                                       class_names)
+        if "label" in batch:
+            image = drawing.tags(image, label_tags(batch["label"][index], class_names))
+        cells.append(image)
+    return np.stack(cells)
+
+
+def mask_legend(masks: Sequence[np.ndarray], class_names: Sequence[str], ignore_value: int | None = 255
+                ) -> list[tuple[tuple[int, int, int], str]]:
+    """The legend entries (swatch colour, text) of the classes in `masks`, in class order, and of their
+    `ignore_value` pixels (darkened) when there are any."""
+    present = set()
+    for mask in masks:
+        present.update(int(value) for value in np.unique(mask))
+    entries = [(drawing.swatch(c, class_names), class_names[c]) for c in sorted(present) if 0 <= c < len(class_names)
+               and c != ignore_value]
+    if ignore_value in present:
+        entries.append(((85, 85, 85), f"ignored ({ignore_value})"))
+    return entries
+
+
+def with_legends(cells: np.ndarray, masks: Sequence[Sequence[np.ndarray]], class_names: Sequence[str],
+                 ignore_value: int | None = 255) -> np.ndarray:
+    """Each cell above the legend of its `masks` (a list per cell), padded with white to the tallest."""
+    drawn = [drawing.legend(cell, mask_legend(cell_masks, class_names, ignore_value))
+             for cell, cell_masks in zip(cells, masks)]
+    height = max(cell.shape[0] for cell in drawn)
+    return np.stack([np.pad(cell, [(0, height - cell.shape[0]), (0, 0), (0, 0)], constant_values=255)
+                     for cell in drawn])
 
 
 def grid(images: np.ndarray, columns: int = 4, gap: int = 2, min_cell: int = 128) -> np.ndarray:
     """Tiles [B, H, W, 3] into one image, `columns` wide, white gaps between the cells; small images are
     enlarged by an integer factor (pixel repetition) to at least `min_cell` pixels."""
-    factor = max(1, -(-min_cell // images.shape[1]))
-    images = images.repeat(factor, axis=1).repeat(factor, axis=2)
+    images, _ = enlarge(images, min_cell)
     count, height, width, _ = images.shape
     rows = -(-count // columns)
     out = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
@@ -62,42 +101,24 @@ def grid(images: np.ndarray, columns: int = 4, gap: int = 2, min_cell: int = 128
     return out
 
 
-def describe(batch: dict[str, np.ndarray], class_names: list[str]) -> list[str]:
-    """One line per cell: its label (soft labels: the classes with weight), or its boxes' classes."""
-    lines = []
-    for i in range(len(batch["image"])):
-        if "label" in batch:
-            label = np.asarray(batch["label"][i])
-            if label.ndim == 0:
-                lines.append(class_names[int(label)])
-            else:
-                lines.append(" + ".join(f"{label[k]:.2f} {class_names[k]}" for k in np.argsort(-label) if label[k] > 0.005))
-        elif "classes" in batch:
-            lines.append(", ".join(class_names[c] for c in np.asarray(batch["classes"][i]) if c >= 0) or "(no boxes)")
-        else:
-            present = np.unique(np.asarray(batch["mask"][i]))
-            lines.append("mask classes " + ", ".join(str(v) for v in present))
-    return lines
-
-
-def write(batches: list[dict[str, np.ndarray]], class_names: list[str], directory: str, ignore_value: int = 255,
-          max_images: int = 16) -> list[str]:
-    """Writes `directory`/preview/train_batch{i}.png (+ .txt labels) and TensorBoard images under
-    `directory`/tensorboard/preview; returns the PNG paths."""
+def write(batches: list[dict[str, np.ndarray]], class_names: Sequence[str], directory: str,
+          ignore_value: int | None = 255, max_images: int = 16) -> list[str]:
+    """Writes `directory`/preview/train_batch{i}.png (labels drawn; masks with one legend below the grid) and
+    TensorBoard images under `directory`/tensorboard/preview; returns the PNG paths."""
     out_dir = os.path.join(directory, "preview")
     os.makedirs(out_dir, exist_ok=True)
     writer = tf.summary.create_file_writer(os.path.join(directory, "tensorboard", "preview"))
     paths = []
     for i, batch in enumerate(batches):
         batch = {k: np.asarray(v)[:max_images] for k, v in batch.items()}
-        picture = grid(draw(batch, ignore_value))
+        picture = grid(draw(batch, class_names, ignore_value))
+        if "mask" in batch:
+            picture = drawing.legend(picture, mask_legend(batch["mask"], class_names, ignore_value))
         path = os.path.join(out_dir, f"train_batch{i}.png")
         tf.io.write_file(path, tf.io.encode_png(picture))
-        with open(os.path.join(out_dir, f"train_batch{i}.txt"), "w") as f:
-            f.write("".join(f"{cell}: {line}\n" for cell, line in enumerate(describe(batch, class_names))))
         with writer.as_default():
             tf.summary.image("train_batch", picture[None], step=i,
-                             description="Augmented training images, row by row; labels in preview/*.txt")
+                             description="Augmented training images, row by row, with their labels drawn")
         paths.append(path)
     writer.close()
     return paths

@@ -53,11 +53,11 @@ def inspect(config: Config) -> dict:
 
 def preview(job: Job) -> list[str]:
     """Draws `--preview_batches` augmented training batches (one input pipeline, as the run's first replica
-    sees them) into the run directory and TensorBoard; returns the PNG paths."""
+    sees them) with their class names into the run directory and TensorBoard; returns the PNG paths."""
     with tools.naming_bad_files(job.source):
         batches = list(pipeline.build_dataset(job.train_split, job.pipeline_config(training=True))
                        .take(job.config.preview_batches).as_numpy_iterator())
-    paths = preview_images.write(batches, job.task.class_names, job.model_dir)
+    paths = preview_images.write(batches, job.task.class_names, job.model_dir, job.config.ignore_value)
     if paths:
         print(f"[engine] {len(paths)} preview grids of augmented training batches in "
               f"{os.path.dirname(paths[0])}", flush=True)

@@ -86,17 +86,14 @@ def _best_f1(evaluation) -> tuple[float, float, float]:
     return float(precision[best]), float(recall[best]), float(np.asarray(scores)[order][best])
 
 
-def coco_map(ground_truth: dict, results: list[dict]) -> dict:
-    """pycocotools' bbox evaluation: map50, map50_95, per-class AP, and precision/recall at best F1.
-    No detections at all scores 0; classes without ground truth are left out of the per-class tables."""
+def coco_evaluation(ground_truth: dict, results: list[dict]):
+    """pycocotools' COCOeval (bbox) of `results` against `ground_truth`, evaluated, accumulated and summarised;
+    None when either is empty (pycocotools cannot load an empty result list)."""
+    if not results or not ground_truth["annotations"]:
+        return None
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
-    if not results or not ground_truth["annotations"]:  # pycocotools cannot load an empty result list
-        zeros = {names[c]: 0.0 for c in sorted({a["category_id"] for a in ground_truth["annotations"]})}
-        return {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "confidence": 0.0,
-                "per_class_ap50": zeros, "per_class_ap50_95": dict(zeros)}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         truth = COCO()
         truth.dataset = json.loads(json.dumps(ground_truth))
@@ -105,6 +102,22 @@ def coco_map(ground_truth: dict, results: list[dict]) -> dict:
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
+    return evaluation
+
+
+def coco_map(ground_truth: dict, results: list[dict]) -> dict:
+    """pycocotools' bbox evaluation: map50, map50_95, per-class AP, and precision/recall at best F1.
+    No detections at all scores 0; classes without ground truth are left out of the per-class tables."""
+    return coco_scores(ground_truth, coco_evaluation(ground_truth, results))
+
+
+def coco_scores(ground_truth: dict, evaluation) -> dict:
+    """`coco_map`'s numbers from `coco_evaluation(ground_truth, ...)` (None: 0 for every class with objects)."""
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    if evaluation is None:
+        zeros = {names[c]: 0.0 for c in sorted({a["category_id"] for a in ground_truth["annotations"]})}
+        return {"map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0, "confidence": 0.0,
+                "per_class_ap50": zeros, "per_class_ap50_95": dict(zeros)}
     precision = evaluation.eval["precision"][:, :, :, 0, -1]  # [iou, recall, class] (area all, 100 detections)
     per_class_50, per_class_50_95 = {}, {}
     for k, category in enumerate(evaluation.params.catIds):

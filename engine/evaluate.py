@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from datasets import pipeline, preview
+from engine import report
 from engine.callbacks import metric_details
 from engine.config import FlagError
 from engine.job import Job
@@ -55,7 +56,8 @@ def write_overlays(job: Job, model: keras.Model, count: int = 8) -> str | None:
 
 def run(job: Job, model: keras.Model) -> dict:
     """`--mode=eval`: loads the best (else the latest backed-up) weights of the run directory into `model`,
-    evaluates them, prints the metrics (and the per-class table) and writes eval.json and the overlays."""
+    evaluates them, prints the metrics (and the per-class table) and writes eval.json, the overlays and the
+    report (engine/report.py)."""
     candidates = [os.path.join(job.model_dir, "best.keras"),
                   os.path.join(job.model_dir, "backup", "latest.weights.h5")]
     weights = next((path for path in candidates if os.path.exists(path)), None)
@@ -79,6 +81,7 @@ def run(job: Job, model: keras.Model) -> dict:
             if value is not None))
     if job.is_chief:
         write_overlays(job, model)
+        metrics["report"] = report.write(job, model, weights)
         with open(os.path.join(job.model_dir, "eval.json"), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics

@@ -14,7 +14,7 @@ import time
 import keras
 
 from engine import callbacks as engine_callbacks
-from engine import devices, evaluate, finetune, optim
+from engine import devices, evaluate, finetune, optim, report
 from engine.config import FlagError, profile_batches
 from engine.data_tools import preview
 from engine.job import Job
@@ -123,7 +123,8 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
 def train(job: Job, model: keras.Model, started: float) -> dict:
     """Starts `model` from --init_checkpoint, fits it phase by phase (resuming a killed run in its phase from
     that phase's backup), validating every epoch in train_and_eval and ending a phase after --patience epochs
-    without a new best, and writes the overlays, final.keras and summary.json; returns the summary."""
+    without a new best, and writes the overlays, final.keras, summary.json and the report of best.keras;
+    returns the summary."""
     config = job.config
     initialised = finetune.initialise(model, job.task) if config.init_checkpoint else None
     if initialised:
@@ -181,4 +182,8 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
         model.save(os.path.join(job.model_dir, "final.keras"))
         with open(os.path.join(job.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+        best = os.path.join(job.model_dir, "best.keras")
+        if validate and os.path.exists(best):  # the report is of the model the run keeps
+            model.load_weights(best)
+            report.write(job, model, best)
     return summary

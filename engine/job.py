@@ -10,9 +10,10 @@ Run directory (`--model_dir`), written by the chief:
     final.keras        the model at the end of training
     history.csv        one row of metrics per epoch, across restarts
     tensorboard/       train/ and validation/ event files; preview/ the augmented batches as images
-    preview/           train_batch{i}.png (+ .txt labels): augmented training batches, drawn before training
+    preview/           train_batch{i}.png: augmented training batches with class names, drawn before training
     summary.json       final metrics, timing and resolved settings
     eval.json          metrics of `--mode=eval` (its flags go to eval_config.json)
+    report/            the evaluation report of the best checkpoint (engine/report.py)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from datasets import pipeline, preview
+from datasets import drawing, pipeline, preview
 from datasets.ops import decode, geometry, mixing, spatial
 from datasets.ops.randaugment import NUM_OPS, operations
 from datasets.recipes import Augment, ClassificationRecipe, DetectionRecipe, SegmentationRecipe
@@ -192,20 +192,31 @@ def test_randaugment_operations_keep_shape_and_are_identity_at_magnitude_zero():
     assert (rotated == 128).any(), "a 30 degree rotation brings in grey corners"
 
 
-@pytest.mark.parametrize("kind", ["segmentation", "detection"])
+@pytest.mark.parametrize("kind", ["classification", "segmentation", "detection"])
 def test_preview_draws_masks_and_boxes(tiny_shapes, tmp_path, kind):
-    split = shapes.shapes_source(tiny_shapes).splits["train"]
-    batch = next(_pipeline(split, kind, 0).as_numpy_iterator())
-    paths = preview.write([batch], ["circle", "square", "triangle", "star", "cross"], str(tmp_path))
+    source = shapes.shapes_source(tiny_shapes)
+    batch = next(_pipeline(source.splits["train"], kind, 0).as_numpy_iterator())
+    names = source.mask_class_names if kind == "segmentation" else source.class_names
+    paths = preview.write([batch], names, str(tmp_path))
     picture = tf.io.decode_png(tf.io.read_file(paths[0])).numpy()
     cell = 48 * 3  # 48 px images are enlarged 3x to at least 128 px
-    assert picture.shape == (2 * cell + 2, 4 * cell + 6, 3)
-    drawn = preview.draw(batch)
-    if kind == "detection":
+    drawn = preview.draw(batch, names)
+    assert drawn.shape == (8, cell, cell, 3)
+    grid = (2 * cell + 2, 4 * cell + 6, 3)
+    np.testing.assert_array_equal(picture[:grid[0]], preview.grid(drawn))
+    if kind == "classification":  # each image's class name(s) on a band of the largest class's colour
+        assert picture.shape == grid
+        for image, label in zip(drawn, batch["label"]):
+            np.testing.assert_array_equal(image[1, 1], drawing.colour(int(np.argmax(label))))
+        assert preview.label_tags(np.array([0.62, 0, 0.38, 0, 0]), names) == [
+            (0, f"{names[0]} 0.62"), (2, f"+ {names[2]} 0.38")]
+    elif kind == "detection":  # boxes (and their name bands) in their class colours
+        assert picture.shape == grid
         b, i = np.argwhere(batch["classes"] >= 0)[0]
-        x0, y0 = np.round(batch["boxes"][b, i, :2]).astype(int)
-        np.testing.assert_array_equal(drawn[b, y0, x0], preview.PALETTE[batch["classes"][b, i]])
-    else:
+        x0, y0 = np.round(batch["boxes"][b, i, :2] * 3).astype(int)
+        np.testing.assert_array_equal(drawn[b, y0, x0], drawing.colour(batch["classes"][b, i]))
+    else:  # masks tinted, one legend of their classes below the grid
+        assert picture.shape[1] == grid[1] and picture.shape[0] > grid[0]
         labelled = (batch["mask"][..., 0] > 0) & (batch["mask"][..., 0] != 255)
-        assert labelled.any() and not np.array_equal(drawn[labelled], batch["image"][labelled])
-    assert os.path.exists(str(tmp_path / "preview" / "train_batch0.txt"))
+        assert labelled.any() and not np.array_equal(drawn[:, ::3, ::3][labelled], batch["image"][labelled])
+    assert os.listdir(tmp_path / "preview") == ["train_batch0.png"]  # class names are drawn, not in .txt files

@@ -124,8 +124,15 @@ class Task(abc.ABC):
         return np.asarray(model(images, training=False))
 
     def draw(self, batch: dict, predicted) -> np.ndarray:
-        """Images [B, S, 2S, 3]: each of `batch` with its true labels (left) and the `predicted` ones (right)."""
+        """One picture per image of `batch`: its true labels (left) and the `predicted` ones (right), with class
+        names (enlarged small images; segmentation adds a legend below)."""
         raise NotImplementedError(f"the {self.name} task draws no overlays")
+
+    @abc.abstractmethod
+    def report(self, model: keras.Model, dataset: tf.data.Dataset, folder: str) -> dict:
+        """Writes the task's evaluation report of `model` over `dataset` (evaluation batches of the whole
+        validation split, padding examples with "weight" 0) into `folder` (PNG plots, CSV/JSON tables);
+        returns its numbers for eval.json (engine/report.py)."""
 
     # Serving (engine/serving.py): a prediction is the model's `serving_core` on preprocessed pixels (what every
     # export format computes), then `serving_finish` back in the original image's coordinates.

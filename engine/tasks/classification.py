@@ -10,6 +10,7 @@ from datasets.profile import Profile
 from datasets.recipes import Augment, ClassificationRecipe
 from datasets.sources.base import Source
 from engine.config import Config, FlagError
+from engine.reports import classification as classification_report
 from engine.tasks.base import Task
 from models import classification
 
@@ -124,3 +125,8 @@ class ClassificationTask(Task):
         return {"top1_agreement": float(np.mean(reference["classes"][:, 0] == other["classes"][:, 0])),
                 "max_probability_difference": float(np.max(np.abs(reference["probabilities"]
                                                                   - other["probabilities"])))}
+
+    def report(self, model: keras.Model, dataset: tf.data.Dataset, folder: str) -> dict:
+        """Confusion matrices, the per-class precision / recall / F1 table, top-k accuracy and the most
+        confidently wrong images (engine/reports/classification.py)."""
+        return classification_report.write(model, dataset, self.class_names, folder)

@@ -16,6 +16,7 @@ from datasets.recipes import Augment, DetectionRecipe
 from datasets.sources.base import Source, Targets
 from engine import detection_metrics, plan
 from engine.config import Config, FlagError
+from engine.reports import detection as detection_report
 from engine.tasks.base import Task
 from models import detection
 
@@ -119,13 +120,14 @@ class DetectionTask(Task):
         return {k: np.asarray(v) for k, v in found.items()}
 
     def draw(self, batch: dict, found: dict) -> np.ndarray:
-        """Validation images with their true boxes (left) and the predicted ones scoring at least
-        `draw_confidence` (right)."""
+        """Validation images with their true boxes named by class (left) and the predicted ones scoring at least
+        `draw_confidence`, named by class and score (right)."""
         shown = (found["confidence"] >= self.draw_confidence) & (found["classes"] >= 0)
-        predicted = {"image": batch["image"], "boxes": found["boxes"],
+        predicted = {"image": batch["image"], "boxes": found["boxes"], "scores": found["confidence"],
                      "classes": np.where(shown, found["classes"], -1).astype(np.int32)}
         truth = {"image": batch["image"], "boxes": batch["boxes"], "classes": batch["classes"]}
-        return np.concatenate([preview.draw(truth), preview.draw(predicted)], axis=2)
+        return np.concatenate([preview.draw(truth, self.class_names), preview.draw(predicted, self.class_names)],
+                              axis=2)
 
     def model_io(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         """(image, {"boxes", "classes"}) as keras-cv wants them: padding boxes are -1. Evaluation's zero-weight
@@ -171,3 +173,8 @@ class DetectionTask(Task):
                 matched += int(np.sum(np.any((overlap >= self.match_iou) & same, axis=1)))
                 total += int(np.sum(keep))
         return {"matched_boxes": matched / total if total else 1.0, "boxes_compared": float(total)}
+
+    def report(self, model: keras.Model, dataset: tf.data.Dataset, folder: str) -> dict:
+        """Precision-recall and F1-confidence curves and the detection confusion matrix
+        (engine/reports/detection.py)."""
+        return detection_report.write(model, dataset, self.class_names, folder)

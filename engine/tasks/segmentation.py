@@ -14,6 +14,7 @@ from datasets.recipes import Augment, SegmentationRecipe
 from datasets.sources.base import Source, Targets
 from engine import plan, segmentation_metrics
 from engine.config import Config, FlagError
+from engine.reports import segmentation as segmentation_report
 from engine.tasks.base import Task
 from models import segmentation
 
@@ -92,10 +93,14 @@ class SegmentationTask(Task):
                 "weighted_metrics": [segmentation_metrics.ConfusionMatrix(self.num_classes, self.class_names)]}
 
     def draw(self, batch: dict, logits: np.ndarray) -> np.ndarray:
-        """Validation images tinted by their true mask (left) and by the predicted one (right)."""
+        """Validation images tinted by their true mask (left) and by the predicted one (right), the pixels that
+        are not scored (ignored, letterbox padding) darkened on both, each pair above a legend of their classes."""
         ignore = self.config.ignore_value
-        predicted = {"image": batch["image"], "mask": np.argmax(logits, axis=-1)[..., None].astype(np.uint8)}
-        return np.concatenate([preview.draw(batch, ignore), preview.draw(predicted, ignore)], axis=2)
+        masks = np.where(batch["mask"] == ignore, ignore, np.argmax(logits, axis=-1)[..., None])
+        pairs = np.concatenate([preview.draw(batch, self.class_names, ignore),
+                                preview.draw({"image": batch["image"], "mask": masks}, self.class_names, ignore)],
+                               axis=2)
+        return preview.with_legends(pairs, list(zip(batch["mask"], masks)), self.class_names, ignore)
 
     def model_io(self, batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
         """(image, packed target): class index and pixel weight, 0 for ignored pixels and padding examples."""
@@ -134,3 +139,7 @@ class SegmentationTask(Task):
         """The share of image pixels (not batch padding) given the same class."""
         inside = reference["mask"] >= 0
         return {"pixel_agreement": float(np.mean(reference["mask"][inside] == other["mask"][inside]))}
+
+    def report(self, model: keras.Model, dataset: tf.data.Dataset, folder: str) -> dict:
+        """The pixel confusion matrix and per-class IoU (engine/reports/segmentation.py)."""
+        return segmentation_report.write(model, dataset, self.class_names, folder, self.config.ignore_value)
