@@ -7,6 +7,8 @@ for `config.NAME` finds where flag NAME acts. `engine/run.py` dispatches on --mo
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sys
 
 from absl import app, flags
@@ -98,7 +100,8 @@ flags.DEFINE_enum("jit_compile", DEFAULTS.jit_compile, CHOICES["jit_compile"],
 flags.DEFINE_integer("steps_per_execution", DEFAULTS.steps_per_execution,
                      "Train steps per call into the compiled function (raise it for small models on TPU/GPU).")
 flags.DEFINE_string("model_dir", DEFAULTS.model_dir,
-                    "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>.")
+                    "Run directory; restarting with the same one resumes. Default runs/<task>-<model>-<time>. "
+                    "--mode=eval takes the run's own flags from its config.json (flags given win).")
 flags.DEFINE_enum("mode", DEFAULTS.mode, CHOICES["mode"],
                   "What to do. convert writes --dataset as TFRecord shards to --output; inspect reports on the "
                   "data (per-class counts, image sizes, bad files) into --model_dir/inspect.json; preview draws "
@@ -186,8 +189,18 @@ flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 sile
 
 
 def config_from_flags() -> Config:
-    """The Config whose fields are the parsed flags of the same names."""
-    return Config(**{f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)})
+    """The Config whose fields are the parsed flags of the same names. `--mode=eval` of a run directory starts
+    from the run's own flags (its config.json), so the model and data are the ones it trained on; flags given
+    on the command line win."""
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
+    saved_path = os.path.join(FLAGS.model_dir, "config.json")
+    if FLAGS.mode == "eval" and FLAGS.model_dir and os.path.exists(saved_path):
+        with open(saved_path) as f:
+            saved = {k: v for k, v in json.load(f).items() if k in values}
+        saved.update(init_checkpoint="", freeze_epochs=0)  # the run's own checkpoint is evaluated, not its start
+        values = {**values, **saved, **{name: value for name, value in values.items() if FLAGS[name].present},
+                  "mode": "eval"}
+    return Config(**values)
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ YOLOv8 run end to end under MirroredStrategy."""
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 
@@ -185,7 +186,8 @@ def test_coco8_trains_and_evaluates_with_its_80_names(tmp_path):
     evaluation = run_launch("--task=detection", f"--dataset=yolo:{COCO8}", "--image_size=64", "--batch_size=4",
                             "--mode=eval", f"--model_dir={model_dir}")
     assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    table = evaluation.stdout.split("per-class AP50:")[1].strip().splitlines()
+    after = evaluation.stdout.split("per-class AP50:")[1].splitlines()[1:]
+    table = list(itertools.takewhile(lambda line: line.startswith("    "), after))  # the report's lines follow
     names_with_objects = {truth["categories"][a["category_id"] - 1]["name"] for a in truth["annotations"]}
     assert {line.strip().rsplit(" ", 1)[0].strip() for line in table} == names_with_objects
 
