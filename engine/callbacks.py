@@ -7,6 +7,7 @@ summary.json, because those callbacks run after this one and read the same logs.
 from __future__ import annotations
 
 import collections
+import os
 import time
 
 import keras
@@ -115,3 +116,27 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
             if self.model.stop_training and self._ema_weights_in_model:
                 self._finalize_ema_values()
         return keras.callbacks.LambdaCallback(on_epoch_end=finalize)
+
+
+def partial_path(path: str) -> str:
+    """Where a save to `path` is written before it is renamed into place (same folder, same extension)."""
+    return os.path.join(os.path.dirname(path), "partial-" + os.path.basename(path))
+
+
+def save_model_atomically(model: keras.Model, path: str) -> None:
+    """`model.save(path)` through a partial file renamed into place: a run killed mid-write keeps the old file."""
+    model.save(partial_path(path))
+    os.replace(partial_path(path), path)
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' ModelCheckpoint writing each save to a partial file and renaming it into place, so a run killed
+    while best.keras is written keeps the previous best.keras whole (a kill mid-write once left a truncated one)."""
+
+    def _get_file_path(self, epoch, batch, logs):
+        return partial_path(super()._get_file_path(epoch, batch, logs))
+
+    def _save_model(self, epoch, batch, logs):
+        super()._save_model(epoch, batch, logs)
+        if os.path.exists(partial_path(self.filepath)):
+            os.replace(partial_path(self.filepath), self.filepath)

@@ -109,10 +109,10 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
     history_csv = os.path.join(job.model_dir, "history.csv")
     monitor = job.task.best_metric if validate else "loss"
     result += [
-        keras.callbacks.ModelCheckpoint(os.path.join(job.model_dir, "best.keras"), monitor=monitor,
-                                        mode="max" if validate else "min", save_best_only=True,
-                                        initial_value_threshold=_best_so_far(history_csv, monitor)
-                                        if validate else None),
+        engine_callbacks.AtomicModelCheckpoint(os.path.join(job.model_dir, "best.keras"), monitor=monitor,
+                                               mode="max" if validate else "min", save_best_only=True,
+                                               initial_value_threshold=_best_so_far(history_csv, monitor)
+                                               if validate else None),
         keras.callbacks.CSVLogger(history_csv, append=True),
         keras.callbacks.TensorBoard(os.path.join(job.model_dir, "tensorboard"), write_graph=False,
                                     update_freq="epoch", profile_batch=profile_batches(job.config.profile_steps)),
@@ -179,7 +179,7 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
     if job.is_chief:
         if validate:
             evaluate.write_overlays(job, model)
-        model.save(os.path.join(job.model_dir, "final.keras"))
+        engine_callbacks.save_model_atomically(model, os.path.join(job.model_dir, "final.keras"))
         with open(os.path.join(job.model_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         best = os.path.join(job.model_dir, "best.keras")

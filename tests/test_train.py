@@ -220,3 +220,17 @@ def test_eval_of_a_run_directory_takes_the_runs_own_flags(mirrored_run):
     for flag in ("dataset", "image_size", "batch_size", "strategy", "model"):
         assert evaluated[flag] == trained[flag], flag
     assert os.path.exists(os.path.join(model_dir, "report", "confusion_matrix.png"))
+
+
+def test_best_checkpoint_is_renamed_into_place_whole(tmp_path):
+    from engine import callbacks as engine_callbacks
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    path = str(tmp_path / "best.keras")
+    checkpoint = engine_callbacks.AtomicModelCheckpoint(path, monitor="loss", mode="min", save_best_only=True)
+    model.fit(np.ones((8, 2)), np.zeros((8, 1)), epochs=2, verbose=0, callbacks=[checkpoint])
+    assert os.listdir(tmp_path) == ["best.keras"]  # the partial file was renamed, not left beside it
+    keras.saving.load_model(path)  # a whole .keras file
+    engine_callbacks.save_model_atomically(model, str(tmp_path / "final.keras"))
+    assert sorted(os.listdir(tmp_path)) == ["best.keras", "final.keras"]
