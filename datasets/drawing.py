@@ -15,6 +15,12 @@ PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                     [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128]], np.uint8)
 
 
+def enlarged(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """An image or mask ([h, w, ...]) enlarged `factor` times by pixel repetition, so drawn text stays readable
+    on small images (boxes drawn on it scale by `factor` too)."""
+    return np.asarray(pixels).repeat(factor, axis=0).repeat(factor, axis=1)
+
+
 def colour(class_id: int) -> tuple[int, int, int]:
     """The drawing colour of a class."""
     return tuple(int(c) for c in PALETTE[class_id % len(PALETTE)])

@@ -49,7 +49,7 @@ def draw(batch: dict[str, np.ndarray], class_names: Sequence[str], ignore_value:
     cells = []
     for index, image in enumerate(images):
         if "mask" in batch:
-            mask = np.asarray(batch["mask"][index])[..., 0].repeat(factor, axis=0).repeat(factor, axis=1)
+            mask = drawing.enlarged(np.asarray(batch["mask"][index])[..., 0], factor)
             image = drawing.tint(image, mask, class_names, ignore_value)
         if "boxes" in batch:
             classes = np.asarray(batch["classes"][index])

@@ -39,9 +39,9 @@ PRECISIONS = {"saved_model": "float32", "tflite_float32": "float32", "tflite_flo
               "tflite_int8": "int8", "onnx": "float32"}
 NEEDS = {"tflite_float32": ["ai_edge_litert"], "tflite_float16": ["ai_edge_litert"],
          "tflite_int8": ["ai_edge_litert"], "onnx": ["tf2onnx", "onnxruntime"]}  # modules (the export extra)
+HOST_STEPS = "model core in the file; decode and resize or letterbox before it, finish after it on the host"
 STEPS = {"saved_model": "decode, resize or letterbox, model, finish: all in the graph (serving_default)",
-         "tflite": "model core in the file; decode and resize or letterbox before it, finish after it on the host",
-         "onnx": "model core in the file; decode and resize or letterbox before it, finish after it on the host"}
+         **{name: HOST_STEPS for name in EXPORT_FORMATS if name != "saved_model"}}
 SAMPLES = 8  # validation images copied to export/samples/ for the prediction page
 LATENCY_RUNS = 10
 
@@ -162,7 +162,7 @@ def write_metadata(out: str, serving: Serving, run_config: Config, weights: str,
     metadata = {"task": task.name, "image_size": serving.image_size, "class_names": task.class_names,
                 "weights": weights, "config": dataclasses.asdict(task.config),
                 "formats": {name: {"file": FILES[name], "precision": PRECISIONS[name],
-                                   "steps": STEPS[name.split("_")[0] if name.startswith("tflite") else name]}
+                                   "steps": STEPS[name]}
                             for name in formats}}
     with open(os.path.join(out, "metadata.json"), "w") as f:
         json.dump(metadata, f, indent=2)

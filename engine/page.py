@@ -116,7 +116,7 @@ def enlarged(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """Small `pixels` enlarged by a whole factor to about SHOWN_PX (so drawn labels stay readable), and the
     factor."""
     factor = max(1, SHOWN_PX // max(pixels.shape[:2]))
-    return np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1), factor
+    return drawing.enlarged(pixels, factor), factor
 
 
 def classification_view(found: dict[str, np.ndarray], pixels: np.ndarray, class_names: list[str]
@@ -139,7 +139,7 @@ def segmentation_view(found: dict[str, np.ndarray], pixels: np.ndarray, class_na
     order = np.argsort(-counts, kind="stable")
     shares = [(class_names[ids[i]], int(counts[i]), counts[i] / mask.size) for i in order]
     picture, factor = enlarged(pixels)
-    picture = drawing.overlay_mask(picture, np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1), class_names)
+    picture = drawing.overlay_mask(picture, drawing.enlarged(mask, factor), class_names)
     rows = [{"class": name, "pixels": count, "share": f"{share:.1%}"} for name, count, share in shares]
     headline = ", ".join(f"{name} {share:.0%}" for name, _, share in shares if share >= HEADLINE_SHARE)
     return f"Classes: {headline}", picture, rows

@@ -149,8 +149,8 @@ def draw(task: Task, image: np.ndarray, prediction: dict[str, np.ndarray]) -> np
     """The original `image` with its prediction drawn: top classes, boxes with names and scores, or the mask
     with a legend."""
     names = task.class_names
-    factor = -(-DRAWN_SIDE // max(image.shape[:2]))  # small images are enlarged (nearest) to be readable
-    image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+    factor = -(-DRAWN_SIDE // max(image.shape[:2]))  # small images are enlarged to be readable
+    image = drawing.enlarged(image, factor)
     if task.name == "classification":
         return drawing.caption(image, [f"{names[c]} {s:.2f}" for c, s in zip(prediction["classes"],
                                                                             prediction["scores"])])
@@ -158,8 +158,7 @@ def draw(task: Task, image: np.ndarray, prediction: dict[str, np.ndarray]) -> np
         shown = (prediction["classes"] >= 0) & (prediction["scores"] >= task.draw_confidence)
         return drawing.draw_boxes(image, prediction["boxes"][shown] * factor, prediction["classes"][shown],
                                   prediction["scores"][shown], names)
-    mask = _mask(prediction)
-    return drawing.overlay_mask(image, np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1), names)
+    return drawing.overlay_mask(image, drawing.enlarged(_mask(prediction), factor), names)
 
 
 def _output_name(path: str, root: str) -> str:

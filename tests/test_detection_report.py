@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from engine import config, detection_metrics, tasks
-from engine.reports import detection
+from engine.reports import detection, plots
 
 NONE = np.zeros((0, 4))
 PNGS = ("PR_curve.png", "F1_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png")
@@ -64,7 +64,7 @@ def _evaluation(truth: list[dict], found: list[dict], class_names: list[str]):
 def test_confusion_matrix_counts_matches_misses_false_positives_and_wrong_classes():
     matrix = detection.confusion_matrix(CONFUSION_TRUTH, CONFUSION_FOUND, num_classes=2)
     assert matrix.tolist() == EXPECTED_CONFUSION
-    normalised = detection.row_normalised(matrix)
+    normalised = plots.row_normalised(matrix)
     assert normalised == pytest.approx(np.array([[1 / 2, 0, 1 / 2], [2 / 3, 0, 1 / 3], [1 / 3, 2 / 3, 0]]))
 
 

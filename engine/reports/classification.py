@@ -74,7 +74,7 @@ def scores(labels: np.ndarray, ranked: np.ndarray, num_classes: int) -> Scores:
     per_class = {"precision": precision, "recall": recall, "f1": f1}
     top5 = float(np.mean(np.any(ranked[:, :TOP_K] == labels[:, None], axis=1))) if num_classes > TOP_K else None
     return Scores(
-        confusion=confusion, normalised=_ratio(confusion, support[:, None]),
+        confusion=confusion, normalised=plots.row_normalised(confusion),
         precision=precision, recall=recall, f1=f1, support=support,
         accuracy=float(hits.sum() / len(labels)), top5_accuracy=top5,
         macro={name: float(np.mean(values[present])) for name, values in per_class.items()},

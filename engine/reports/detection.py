@@ -71,12 +71,6 @@ def _greedy_pairs(overlap: np.ndarray, minimum: float) -> list[tuple[int, int]]:
     return pairs
 
 
-def row_normalised(matrix: np.ndarray) -> np.ndarray:
-    """Each row of `matrix` divided by its total (rows without counts stay 0)."""
-    totals = matrix.sum(axis=1, keepdims=True).astype(np.float64)
-    return np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64), where=totals > 0)
-
-
 def precision_at_50(evaluation, num_classes: int, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """pycocotools' recall points [R] and interpolated precision [K, R] at IoU 0.5 (all areas, 100 detections)
     of `detection_metrics.coco_evaluation`; rows of classes without objects NaN. Without an evaluation (no
@@ -199,7 +193,7 @@ def confusion_figures(matrix: np.ndarray, class_names: Sequence[str], confidence
     names = [*class_names, "background"]
     settings = f"confidence >= {confidence:g}, IoU >= {iou:g}\nbackground: false positives (row), missed (column)"
     counts = plots.confusion_matrix(matrix, names, names, f"detection confusion matrix (counts)\n{settings}", False)
-    normalised = plots.confusion_matrix(row_normalised(matrix), names, names,
+    normalised = plots.confusion_matrix(plots.row_normalised(matrix), names, names,
                                         f"detection confusion matrix, normalised by row\n{settings}", True)
     return counts, normalised
 

@@ -20,6 +20,13 @@ def _label_size(count: int) -> float:
     return float(np.clip(10 - (count - 20) * 5 / 80, 5, 10))
 
 
+def row_normalised(matrix: np.ndarray) -> np.ndarray:
+    """Each row of `matrix` divided by its total, as float64 (rows without counts stay 0): a confusion matrix
+    normalised by true class."""
+    totals = matrix.sum(axis=1, keepdims=True).astype(np.float64)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64), where=totals > 0)
+
+
 def confusion_matrix(matrix: np.ndarray, row_names: Sequence[str], column_names: Sequence[str], title: str,
                      normalised: bool, xlabel: str = "predicted", ylabel: str = "true") -> plt.Figure:
     """A heatmap of `matrix` (rows: true, columns: predicted); `normalised` values are fractions in [0, 1]

@@ -38,16 +38,10 @@ def confusion_matrix(model: keras.Model, dataset: tf.data.Dataset, num_classes: 
     return matrix
 
 
-def by_true_class(matrix: np.ndarray) -> np.ndarray:
-    """`matrix` with each row divided by its sum (the share of the true class's pixels; 0 in empty rows)."""
-    rows = matrix.sum(axis=1, keepdims=True)
-    return np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-
-
 def most_confused(matrix: np.ndarray, class_names: Sequence[str], count: int = CONFUSED_PAIRS) -> list[dict]:
     """The `count` off-diagonal cells largest as a share of their true class's pixels (the normalised matrix's
     largest errors): true and predicted class, pixels and that share."""
-    shares = by_true_class(matrix)
+    shares = plots.row_normalised(matrix)
     np.fill_diagonal(shares, 0)
     order = np.argsort(-shares, axis=None, kind="stable")[:count]
     return [{"true": class_names[t], "predicted": class_names[p], "pixels": int(matrix[t, p]),
@@ -66,7 +60,7 @@ def write(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[st
     mean_iou = float(np.mean(occurring)) if occurring else float("nan")
     counted = int(matrix.sum())
     accuracy = float(np.trace(matrix) / max(counted, 1))
-    plots.save(plots.confusion_matrix(by_true_class(matrix), class_names, class_names,
+    plots.save(plots.confusion_matrix(plots.row_normalised(matrix), class_names, class_names,
                                       f"Pixel confusion matrix, rows normalised by true class ({counted:,} pixels)",
                                       normalised=True),
                os.path.join(folder, "confusion_matrix_normalized.png"))
