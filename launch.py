@@ -42,7 +42,7 @@ flags.DEFINE_bool("tfds_download", DEFAULTS.tfds_download,
 flags.DEFINE_string("cache", DEFAULTS.cache,
                     "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
 flags.DEFINE_integer("map_parallelism", DEFAULTS.map_parallelism,
-                     "Parallel calls of the input pipeline's maps and batching; 0: tf.data autotunes them.")
+                     "Parallel calls of the input pipeline's maps; 0: tf.data autotunes them.")
 flags.DEFINE_integer("prefetch_batches", DEFAULTS.prefetch_batches,
                      "Batches the input pipeline prepares ahead; -1: autotuned, 0: none.")
 flags.DEFINE_string("model", DEFAULTS.model,

@@ -18,6 +18,10 @@ Variants:
                   above `ceiling` here, varying from run to run)
   ceiling_graph   the `ceiling` loop as a sequential tf.data map on a 1-thread pool (no eager overhead), one
                   process per core at once: a stricter ceiling
+  reference       a hand-written best-practice tf.data pipeline: list the files, shuffle, one map of
+                  sample_distorted_bounding_box (area 8-100%, aspect 3/4-4/3, 10 attempts) fused into
+                  decode_and_crop_jpeg, resize, random flip, float32 / 255 (parallel, not deterministic), batch,
+                  prefetch: nothing else
   folder          this project's pipeline on the folder: Inception random-resized crop (area 8-100%) fused
                   with decoding (decode_and_crop_jpeg)
   folder_mild     the same with the engine's default crop area for small images (50-100%)
@@ -66,7 +70,7 @@ flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Output size.")
 flags.DEFINE_integer("repeats", 3, "Interleaved rounds; each times every variant once (the median is reported).")
 flags.DEFINE_integer("batches", 40, "Batches per timed repetition (slow peers use a quarter).")
-flags.DEFINE_list("variants", ["ceiling", "ceiling_alone", "ceiling_graph", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
+flags.DEFINE_list("variants", ["ceiling", "ceiling_alone", "ceiling_graph", "reference", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
                                 "imagedatagen", "imagedatagen_nocrop", "pydataset", "cls_randaugment_mixup", "segmentation",
                                 "detection_mosaic", "stream_rss"],
                   "Variants to run.")
@@ -150,6 +154,25 @@ def _crop_flip_rescale(image, size):
     return tf.cast(tf.image.random_flip_left_right(image), tf.float32) / 255.0
 
 
+def _reference(paths: list[str], labels: list[int], size: int, batch: int):
+    """The hand-written reference pipeline (see the module docstring)."""
+    import tensorflow as tf
+
+    def load(path, label):
+        encoded = tf.io.read_file(path)
+        begin, crop_size, _ = tf.image.sample_distorted_bounding_box(
+            tf.image.extract_jpeg_shape(encoded), tf.zeros([1, 0, 4]), min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+            use_image_if_no_bounding_boxes=True)
+        window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+        image = tf.image.resize(tf.io.decode_and_crop_jpeg(encoded, window, channels=3), [size, size])
+        return tf.image.random_flip_left_right(image) / 255.0, label
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels)).shuffle(len(paths)).repeat()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
 def _iterator(variant: str):
     """An iterator over batches for `variant` (a generator for the Python peers)."""
     import numpy as np
@@ -180,6 +203,8 @@ def _iterator(variant: str):
         if variant == "cache":  # fill the cache: one full epoch before timing
             ds = ds.skip(len(split) // batch)
         return iter(ds)
+    if variant == "reference":
+        return iter(_reference(folder.splits["train"].paths, folder.splits["train"].labels, size, batch))
     if variant in ("ceiling", "ceiling_alone"):
         def loop():
             paths = folder.splits["train"].paths
@@ -356,7 +381,7 @@ def main(argv: list[str]) -> None:
                       f"{result['images_per_second']:.0f} img/s", flush=True)
     results = {v: _summarise(r) for v, r in runs.items() if r}
     ceiling = results.get("ceiling", {}).get("images_per_second")
-    peers = {k: results[k]["images_per_second"] for k in ("folder", "idfd", "idfd_tfimage", "imagedatagen",
+    peers = {k: results[k]["images_per_second"] for k in ("reference", "folder", "idfd", "idfd_tfimage", "imagedatagen",
                                                           "pydataset") if k in results}
     print(f"\n{os.cpu_count()} cores, {FLAGS.num_images} JPEGs ~400x400 q90 -> batches of {FLAGS.batch_size} at "
           f"{FLAGS.image_size}px, crop+flip+rescale; median of {FLAGS.repeats} interleaved rounds")

@@ -6,7 +6,7 @@ A recipe gives
   preprocess()      the deterministic steps, decode then resize (classification) or letterbox (segmentation,
                     detection): all of evaluation's preprocessing, and what serving reuses
   training_steps()  training's steps per example: a deterministic part (what `--cache` keeps) and a random one
-  batch_step()      training's random steps per batch
+  batch_step()      training's random steps per batch (None when there are none)
 and `datasets/pipeline.py` runs any recipe the same way.
 
 - classification: random-resized crop fused with decoding, flip and RandAugment per example; colour jitter,
@@ -120,8 +120,8 @@ class Recipe(abc.ABC):
         return [self.preprocess()], []
 
     @abc.abstractmethod
-    def batch_step(self) -> Callable[[dict], dict]:
-        """Training's per-batch augmentation; it consumes the batch's "seed"."""
+    def batch_step(self) -> Callable[[dict], dict] | None:
+        """Training's per-batch augmentation, which consumes the batch's "seed"; None when there is none."""
 
     def padding(self, spec: dict[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
         """An evaluation padding example (weight 0) of this element `spec`: zeros."""
@@ -161,9 +161,11 @@ class ClassificationRecipe(Recipe):
             return [decode.decode_resize(self.cache_size(True))], [decode.random_crop(self.image_size), *after_crop]
         return [], [decode.decode_random_crop(self.image_size, augment.crop_scale), *after_crop]
 
-    def batch_step(self) -> Callable[[dict], dict]:
+    def batch_step(self) -> Callable[[dict], dict] | None:
         """Colour jitter, then MixUp/CutMix with soft labels."""
         augment = self.augment
+        if not (any(augment.color.values()) or augment.mixup or augment.cutmix):
+            return None
 
         def apply(batch: dict) -> dict:
             batch = _jitter(batch, augment)

@@ -30,6 +30,7 @@ def _broken_huffman_table(jpeg):
 
 BAD = {
     "zero.jpg": b"",
+    "tiny.png": b"\x89PNG",  # shorter than the 8 bytes the check reads first
     "text.jpg": b"this is not an image at all",
     "truncated.jpg": _jpeg(1)[: len(_jpeg(1)) // 2],
     "truncated.png": _png(2)[: len(_png(2)) // 2],

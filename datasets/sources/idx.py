@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import DataError, Source, Targets, read_class_names, shuffle_share
+from datasets.sources.base import DataError, Parse, Source, Streamed, Targets, read_class_names, shuffle_share
 
 IDX_DTYPES = {0x08: np.uint8}
 PREFIXES = {"train": "train", "val": "t10k"}
@@ -44,7 +44,7 @@ def _find(directory: str, prefix: str, kind: str) -> str:
 
 
 @dataclasses.dataclass
-class ArraySplit:
+class ArraySplit(Streamed):
     """One split held in memory: uint8 images [n, h, w, c] and int labels [n]."""
 
     images: np.ndarray
@@ -54,9 +54,10 @@ class ArraySplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-                targets: Targets = Targets()) -> tf.data.Dataset:
-        """One epoch of this pipeline's share (every n-th example), reshuffled every epoch when training."""
+    def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+        """One epoch of this pipeline's share (every n-th example), reshuffled every epoch when training: records
+        already."""
         targets.require_none("IDX data")
         ds = tf.data.Dataset.from_tensor_slices({
             "image": self.images, "label": self.labels.astype(np.int32),
@@ -66,7 +67,7 @@ class ArraySplit:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
             ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed)
-        return ds
+        return ds, None
 
     def most_boxes(self) -> int:
         """0: IDX files carry no boxes."""

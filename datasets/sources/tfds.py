@@ -12,11 +12,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from datasets.sources.base import DataError, Source, Targets, shard_warning, shuffle_share
+from datasets.sources.base import DataError, Parse, Source, Streamed, Targets, shard_warning, shuffle_share
 
 
 @dataclasses.dataclass
-class TFDSSplit:
+class TFDSSplit(Streamed):
     """One split (a TFDS split expression such as "train[:80%]") of a prepared builder."""
 
     builder: object  # tfds.core.DatasetBuilder
@@ -28,8 +28,8 @@ class TFDSSplit:
     def __len__(self) -> int:
         return self.num_examples
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-                targets: Targets = Targets()) -> tf.data.Dataset:
+    def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share: TFDS file-level sharding when training over enough files,
         else every pipeline reads all files in order and keeps every n-th example."""
         targets.require_none("TFDS data")
@@ -47,7 +47,7 @@ class TFDSSplit:
             ds = ds.shard(pipelines, context.input_pipeline_id)
         if shuffle:
             ds = shuffle_share(ds, self.num_examples, self.bytes_per_example, context, seed)
-        return ds.map(lambda r: {"encoded": r["image"], "label": tf.cast(r["label"], tf.int32), "id": r["tfds_id"]})
+        return ds, lambda r: {"encoded": r["image"], "label": tf.cast(r["label"], tf.int32), "id": r["tfds_id"]}
 
     def most_boxes(self) -> int:
         """0: TFDS data is read with image labels only."""

@@ -26,7 +26,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import DataError, Source, Targets, shard_warning, shuffle_share
+from datasets.sources.base import DataError, Parse, Source, Streamed, Targets, shard_warning, shuffle_share
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -41,7 +41,7 @@ BOX_FEATURES = {**{f"image/object/bbox/{corner}": tf.io.VarLenFeature(tf.float32
 
 
 @dataclasses.dataclass
-class TFRecordSplit:
+class TFRecordSplit(Streamed):
     """One split stored as TFRecord shards with known per-shard counts."""
 
     files: list[str]
@@ -54,9 +54,9 @@ class TFRecordSplit:
     def __len__(self) -> int:
         return int(sum(self.counts))
 
-    def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-                targets: Targets = Targets()) -> tf.data.Dataset:
-        """One epoch of this pipeline's share: whole shards per pipeline when there are enough of them (and
+    def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+        """One epoch of this pipeline's share, serialized: whole shards per pipeline when there are enough of them (and
         training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
         missing = Targets(masks=targets.masks and not self.has_masks,
                           max_boxes=0 if self.has_boxes else targets.max_boxes)
@@ -80,7 +80,7 @@ class TFRecordSplit:
             ds = ds.shard(pipelines, pipeline_id)
         if shuffle:
             ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed)
-        return ds.map(lambda record: _parse(record, targets), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds, lambda record: _parse(record, targets)
 
     def most_boxes(self) -> int:
         """The most boxes in one image, as the converter counted them (metadata.json)."""
