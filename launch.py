@@ -40,7 +40,9 @@ flags.DEFINE_string("data_dir", DEFAULTS.data_dir, "TFDS data directory for --da
 flags.DEFINE_bool("tfds_download", DEFAULTS.tfds_download,
                   "Let --dataset=tfds:NAME download and prepare a dataset that is not in --data_dir.")
 flags.DEFINE_string("cache", DEFAULTS.cache,
-                    "Cache decoded, resized images before augmentation: none, memory, or disk:PATH.")
+                    "Cache decoded, resized images before augmentation: none, memory, disk:PATH, or auto (memory "
+                    "when train and val at their cached size fit a quarter of physical memory and are files to "
+                    "decode, else none; the choice and why are printed and go to config.json).")
 flags.DEFINE_integer("map_parallelism", DEFAULTS.map_parallelism,
                      "Parallel calls of the input pipeline's maps; 0: tf.data autotunes them.")
 flags.DEFINE_integer("prefetch_batches", DEFAULTS.prefetch_batches,

@@ -25,6 +25,7 @@ Variants:
   folder          this project's pipeline on the folder: Inception random-resized crop (area 8-100%) fused
                   with decoding (decode_and_crop_jpeg)
   folder_mild     the same with the engine's default crop area for small images (50-100%)
+  folder_jitter   `folder` with the small models' default colour jitter (brightness, contrast, saturation 0.2)
   tfrecord        `folder` on TFRecord shards written by the converter
   cache           `folder` with --cache=memory (decoded at 256 px, plain 224 crops), second epoch onwards
   idfd            keras.utils.image_dataset_from_directory (at 256 px) + Keras 3 preprocessing layers
@@ -41,6 +42,14 @@ Variants:
                   image and mask, colour jitter
   detection_mosaic  images with their boxes (8 per image, padded): letterbox, Mosaic of 4, random zoom
                   0.5-1.5 / position / flip, HSV jitter
+  large_crop      `folder` on generated 1600x1200 photos (--num_large of them): random-resized crops decoded at
+                  the DCT scale that keeps the crop >= 224 (1/2, 1/4 or 1/8)
+  large_crop_fullscale  the same decoded at full scale (the engine before DCT scaling)
+  large_letterbox  the detection evaluation pipeline on the same photos: decode and letterbox to 640 (DCT scale
+                  1/2 for 1600 px), batches of 64
+  large_letterbox_fullscale  the same decoded at full scale
+  large_pixels    (not timed) how far DCT-scaled outputs are from full-scale decoding with an antialiased
+                  resize, and from the full-scale pipeline's own (bilinear, aliased) output
   stream_rss      `folder`, and `tfrecord` with a 16 MB shuffle budget (smaller than the data), each streamed
                   for 10 epochs: resident memory after each epoch
 """
@@ -66,22 +75,26 @@ from engine import quiet  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", "/tmp/tfdata-engine-bench/scenes", "Where the generated JPEG folder is kept.")
 flags.DEFINE_integer("num_images", 2000, "Images to generate.")
+flags.DEFINE_integer("num_large", 160, "1600x1200 photos to generate for the large_* rows.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Output size.")
 flags.DEFINE_integer("repeats", 3, "Interleaved rounds; each times every variant once (the median is reported).")
 flags.DEFINE_integer("batches", 40, "Batches per timed repetition (slow peers use a quarter).")
-flags.DEFINE_list("variants", ["ceiling", "ceiling_alone", "ceiling_graph", "reference", "folder", "folder_mild", "tfrecord", "cache", "idfd", "idfd_tfimage",
+flags.DEFINE_list("variants", ["ceiling", "ceiling_alone", "ceiling_graph", "reference", "folder", "folder_mild", "folder_jitter", "tfrecord", "cache", "idfd", "idfd_tfimage",
                                 "imagedatagen", "imagedatagen_nocrop", "pydataset", "cls_randaugment_mixup", "segmentation",
-                                "detection_mosaic", "stream_rss"],
+                                "detection_mosaic", "large_crop", "large_crop_fullscale", "large_letterbox",
+                                "large_letterbox_fullscale", "large_pixels", "stream_rss"],
                   "Variants to run.")
 flags.DEFINE_string("only", "", "Internal: run one variant in this process and print its JSON result.")
 flags.DEFINE_integer("core", -1, "Internal: pin this process to this core (the ceilings).")
 flags.DEFINE_string("barrier", "", "Internal: directory where concurrent ceiling processes meet before timing.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 
-SLOW = {"imagedatagen", "imagedatagen_nocrop", "pydataset"}
-OURS = {"folder", "folder_mild", "tfrecord", "cache", "stream_rss", "cls_randaugment_mixup", "segmentation",
-        "detection_mosaic"}
+SLOW = {"imagedatagen", "imagedatagen_nocrop", "pydataset", "large_crop", "large_crop_fullscale", "large_letterbox",
+        "large_letterbox_fullscale"}
+OURS = {"folder", "folder_mild", "folder_jitter", "tfrecord", "cache", "stream_rss", "cls_randaugment_mixup", "segmentation",
+        "detection_mosaic", "large_crop", "large_crop_fullscale", "large_letterbox", "large_letterbox_fullscale"}
+LARGE = (1200, 1600)  # height, width of the large_* rows' photos
 
 
 def _dense_variants(size: int) -> dict:
@@ -131,6 +144,90 @@ def generate(directory: str, count: int) -> None:
         json.dump(annotations, f)
     open(os.path.join(directory, "done"), "w").close()
     open(os.path.join(labels_dir, "done"), "w").close()
+
+
+def generate_large(directory: str, count: int) -> None:
+    """Writes `count` 1600x1200 JPEGs (quality 90, the shapes generator's textured scenes drawn at that size) with
+    their boxes in annotations.json (once)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from datasets.sources import shapes_draw
+
+    if os.path.exists(os.path.join(directory, "done")):
+        return
+    rng, annotations = np.random.default_rng(1), []
+    height, width = LARGE
+    for i in range(count):
+        image, _, annotation = shapes_draw.make_example(rng, width)
+        path = os.path.join(directory, f"class_{i % 10}", f"{i:05d}.jpg")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tf.io.write_file(path, tf.io.encode_jpeg(image[:height], quality=90))
+        boxes = np.minimum(np.asarray(annotation["boxes"], np.float32).reshape(-1, 4), [width, height] * 2)
+        keep = (boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)
+        annotations.append({"image": path, "label": i % 10, "boxes": boxes[keep].tolist(),
+                            "box_classes": np.asarray(annotation["box_classes"])[keep].tolist()})
+    with open(os.path.join(directory, "annotations.json"), "w") as f:
+        json.dump(annotations, f)
+    open(os.path.join(directory, "done"), "w").close()
+
+
+def _large_split():
+    """The large photos with their boxes, as a split of loose files."""
+    import numpy as np
+
+    from datasets.sources.base import Examples
+
+    with open(os.path.join(FLAGS.data + "-large", "annotations.json")) as f:
+        records = json.load(f)
+    return Examples(paths=[r["image"] for r in records], labels=[r["label"] for r in records],
+                    boxes=[np.asarray(r["boxes"], np.float32).reshape(-1, 4) for r in records],
+                    box_classes=[np.asarray(r["box_classes"], np.int32) for r in records])
+
+
+def large_pixels(count: int = 32) -> dict:
+    """Mean and 99th-percentile absolute pixel differences (0-255) of DCT-scaled decoding against full-scale
+    decoding with an antialiased resize, and against the full-scale pipeline (bilinear resize), for the
+    classification evaluation resize to 224 and the letterbox to 640."""
+    import numpy as np
+    import tensorflow as tf
+
+    from datasets.ops import decode, spatial
+
+    paths = _large_split().paths[:count]
+    steps = {"resize_224": lambda: decode.decode_resize(224),
+             "letterbox_640": lambda: compose_letterbox(decode, spatial)}
+    result = {"variant": "large_pixels"}
+    for name, make in steps.items():
+        scaled, full, exact = [], [], []
+        for path in paths:
+            example = {"encoded": tf.io.read_file(path), "id": tf.constant(path)}
+            scaled.append(make()(example)["image"].numpy().astype(np.float32))
+            decode.DCT_RATIOS, kept = (), decode.DCT_RATIOS
+            full.append(make()(example)["image"].numpy().astype(np.float32))
+            decode.DCT_RATIOS = kept
+            pixels = tf.io.decode_jpeg(example["encoded"], channels=3)
+            if name == "resize_224":
+                exact.append(tf.image.resize(pixels, [224, 224], antialias=True).numpy())
+            else:  # the letterboxed photo's area: 640x480 at the top-left corner offset of the letterbox
+                top = (640 - 480) // 2
+                exact.append(np.pad(tf.image.resize(pixels, [480, 640], antialias=True).numpy(),
+                                    [[top, 640 - 480 - top], [0, 0], [0, 0]], constant_values=spatial.FILL))
+        scaled, full, exact = np.stack(scaled), np.stack(full), np.round(np.stack(exact))
+        for reference_name, reference in (("antialiased", exact), ("fullscale_pipeline", full)):
+            difference = np.abs(scaled - reference)
+            result[f"{name}_vs_{reference_name}"] = {"mean": float(difference.mean()),
+                                                     "p99": float(np.percentile(difference, 99))}
+        result[f"{name}_fullscale_pipeline_vs_antialiased"] = {"mean": float(np.abs(full - exact).mean()),
+                                                               "p99": float(np.percentile(np.abs(full - exact), 99))}
+    return result
+
+
+def compose_letterbox(decode, spatial):
+    """The detection recipe's letterbox to 640 (decode at the size it needs, then letterbox)."""
+    from datasets.recipes import compose
+
+    return compose(decode.decode_for_size(640), spatial.letterbox(640, 255))
 
 
 def _labelled_split():
@@ -189,20 +286,34 @@ def _iterator(variant: str):
     if variant in ("cls_randaugment_mixup", "segmentation", "detection_mosaic"):
         config = pipeline.PipelineConfig(_dense_variants(size)[variant], global_batch_size=batch, training=True)
         return iter(pipeline.build_dataset(_labelled_split(), config).map(rescale))
-    if variant in ("folder", "folder_mild", "tfrecord", "cache"):
+    if variant in ("folder", "folder_mild", "folder_jitter", "tfrecord", "cache"):
         split = folder.splits["train"]
         if variant == "tfrecord":
             shards = FLAGS.data + "-tfrecord"
             if not os.path.exists(os.path.join(shards, "metadata.json")):
                 tfrecord.convert(folder, shards, num_shards=16)
             split = tfrecord.tfrecord_source(shards).splits["train"]
-        crop = Augment(crop_scale=(0.5, 1.0) if variant == "folder_mild" else (0.08, 1.0))
+        jitter = 0.2 if variant == "folder_jitter" else 0.0
+        crop = Augment(crop_scale=(0.5, 1.0) if variant == "folder_mild" else (0.08, 1.0), brightness=jitter,
+                       contrast=jitter, saturation=jitter)
         config = pipeline.PipelineConfig(ClassificationRecipe(size, crop), global_batch_size=batch, training=True,
                                          cache="memory" if variant == "cache" else "none")
         ds = pipeline.build_dataset(split, config).map(rescale)
         if variant == "cache":  # fill the cache: one full epoch before timing
             ds = ds.skip(len(split) // batch)
         return iter(ds)
+    if variant.startswith("large_"):
+        from datasets.ops import decode
+        from datasets.recipes import DetectionRecipe
+
+        if variant.endswith("_fullscale"):
+            decode.DCT_RATIOS = ()
+        if variant.startswith("large_crop"):
+            config = pipeline.PipelineConfig(ClassificationRecipe(size, Augment(crop_scale=(0.08, 1.0))),
+                                             global_batch_size=batch, training=True)
+            return iter(pipeline.build_dataset(_large_split(), config))
+        config = pipeline.PipelineConfig(DetectionRecipe(640), global_batch_size=batch, training=False)
+        return iter(pipeline.build_dataset(_large_split(), config).repeat())
     if variant == "reference":
         return iter(_reference(folder.splits["train"].paths, folder.splits["train"].labels, size, batch))
     if variant in ("ceiling", "ceiling_alone"):
@@ -363,14 +474,17 @@ def main(argv: list[str]) -> None:
         os.sched_setaffinity(0, {FLAGS.core})  # before TF starts its threads
     quiet.import_tensorflow_quietly()
     if FLAGS.only:
-        result = stream_rss() if FLAGS.only == "stream_rss" else run_variant(FLAGS.only)
+        untimed = {"stream_rss": stream_rss, "large_pixels": large_pixels}
+        result = untimed[FLAGS.only]() if FLAGS.only in untimed else run_variant(FLAGS.only)
         print("RESULT " + json.dumps(result), flush=True)
         return
     if any(v.startswith("imagedatagen") for v in FLAGS.variants):
         if importlib.util.find_spec("scipy") is None:  # ImageDataGenerator's random shifts need it
             sys.exit('ImageDataGenerator needs scipy: pip install -e ".[bench]" (or drop it from --variants)')
     generate(FLAGS.data, FLAGS.num_images)
-    timed = [v for v in FLAGS.variants if v != "stream_rss"]
+    if any(v.startswith("large_") for v in FLAGS.variants):
+        generate_large(FLAGS.data + "-large", FLAGS.num_large)
+    timed = [v for v in FLAGS.variants if v not in ("stream_rss", "large_pixels")]
     runs: dict[str, list[dict]] = {v: [] for v in timed}
     for round_index in range(FLAGS.repeats):
         for variant in timed:
@@ -392,6 +506,18 @@ def main(argv: list[str]) -> None:
         ratios = " ".join(f"{rate / peer:15.2f}" for peer in peers.values())
         print(f"{name:22s} {rate:8.0f} {rate / ceiling if ceiling else float('nan'):10.2f} {ratios} "
               f"{result['peak_rss_mb']:12.0f} {result['rss_growth_while_timed_mb']:14.1f}")
+    for row in ("large_crop", "large_letterbox"):
+        if row in results and f"{row}_fullscale" in results:
+            print(f"{row}: {results[row]['images_per_second'] / results[row + '_fullscale']['images_per_second']:.2f}x "
+                  "the same pipeline decoding at full scale")
+    if "large_pixels" in FLAGS.variants:
+        pixels = _in_subprocess("large_pixels")
+        if pixels:
+            print("\nabsolute pixel difference (0-255) of DCT-scaled decoding, mean / 99th percentile:")
+            for key, value in pixels.items():
+                if key != "variant":
+                    print(f"  {key:50s} {value['mean']:6.2f} / {value['p99']:6.1f}")
+            results["large_pixels"] = pixels
     if "stream_rss" in FLAGS.variants:
         stream = _in_subprocess("stream_rss")
         if stream:

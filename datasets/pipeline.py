@@ -115,7 +115,7 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
         return ds.batch(batch_size, drop_remainder=True)
     if cached:
         ds = shuffle_share(ds, len(split), recipe.cache_size(True) ** 2 * 3, context, config.seed)
-    batch_step = recipe.batch_step()  # None: nothing to do per batch, and no map for it
+    batch_step = recipe.batch_step(cached)  # None: nothing to do per batch, and no map for it
     ds = _seeded(ds.repeat(), parse, compose(*random, _keep(*keys, *(["seed"] if batch_step else []))), config,
                  context)
     ds = ds.batch(recipe.batch_group * batch_size, drop_remainder=True)

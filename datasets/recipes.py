@@ -11,8 +11,9 @@ and `datasets/pipeline.py` runs any recipe the same way.
 
 - classification: random-resized crop fused with decoding, flip and RandAugment per example; colour jitter,
   MixUp and CutMix (soft labels) per batch.
-- segmentation: letterbox per example (deterministic, so it can be cached); random zoom, position and flip
-  of image and mask together, then colour jitter on the image, per batch.
+- segmentation: letterbox and random zoom, position and flip of image and mask together, in one resampling
+  per example; with a cache, the letterbox is cached and the random move is per batch; then colour jitter on
+  the image, per batch.
 - detection: letterbox per example; colour (HSV-style) jitter, random zoom, position and flip of image and
   boxes, Mosaic and MixUp, per batch. With every example a mosaic tile (`mosaic` 1), examples are decoded and
   letterboxed at half size and zoomed per tile before the 2x2 tiling (YOLO recipes transform the whole
@@ -120,8 +121,9 @@ class Recipe(abc.ABC):
         return [self.preprocess()], []
 
     @abc.abstractmethod
-    def batch_step(self) -> Callable[[dict], dict] | None:
-        """Training's per-batch augmentation, which consumes the batch's "seed"; None when there is none."""
+    def batch_step(self, cached: bool) -> Callable[[dict], dict] | None:
+        """Training's per-batch augmentation (after `training_steps(cached)`), which consumes the batch's "seed";
+        None when there is none."""
 
     def padding(self, spec: dict[str, tf.TensorSpec]) -> dict[str, tf.Tensor]:
         """An evaluation padding example (weight 0) of this element `spec`: zeros."""
@@ -147,21 +149,23 @@ class ClassificationRecipe(Recipe):
         return decode.decode_resize(self.image_size)
 
     def cache_size(self, training: bool) -> int:
-        """Training crops come from cached images 8/7 larger (the classic "resize 256, crop 224")."""
+        """Training crops come from cached images 8/7 larger (as "resize 256, crop 224"), so that a crop of
+        most of the image is not upsampled."""
         return round(self.image_size * 8 / 7) if training else self.image_size
 
     def training_steps(self, cached: bool) -> tuple[list[ExampleFn], list[ExampleFn]]:
-        """Without a cache, a random-resized crop fused with decoding; with one, plain random crops of the
-        cached, larger images (no resize per step, new crops every epoch). Then flip and RandAugment."""
+        """The same random-resized crop with or without a cache: fused with decoding, or of the cached, larger
+        images (new crops every epoch). Then flip and RandAugment."""
         augment = self.augment
         after_crop = [decode.random_flip] if augment.flip else []
         if augment.randaugment_ops:
             after_crop.append(randaugment(augment.randaugment_ops, augment.randaugment_magnitude))
         if cached:
-            return [decode.decode_resize(self.cache_size(True))], [decode.random_crop(self.image_size), *after_crop]
+            return ([decode.decode_resize(self.cache_size(True))],
+                    [decode.random_resized_crop(self.image_size, augment.crop_scale), *after_crop])
         return [], [decode.decode_random_crop(self.image_size, augment.crop_scale), *after_crop]
 
-    def batch_step(self) -> Callable[[dict], dict] | None:
+    def batch_step(self, cached: bool) -> Callable[[dict], dict] | None:
         """Colour jitter, then MixUp/CutMix with soft labels."""
         augment = self.augment
         if not (any(augment.color.values()) or augment.mixup or augment.cutmix):
@@ -201,9 +205,24 @@ class SegmentationRecipe(Recipe):
         return compose(decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value),
                        spatial.letterbox(self.image_size, self.ignore_value))
 
-    def batch_step(self) -> Callable[[dict], dict]:
-        """Random zoom, shift and flip of image and mask together, then colour jitter of the image."""
+    def _move(self) -> Callable[[dict], tf.Tensor]:
         augment = self.augment
+        return spatial.random_affine_of(self.image_size, augment.scale, augment.flip, augment.translate)
+
+    def training_steps(self, cached: bool) -> tuple[list[ExampleFn], list[ExampleFn]]:
+        """With a cache, the letterbox (the random zoom, shift and flip come per batch); without one, the
+        letterbox and the random move of each example in one resampling of image and mask."""
+        if cached:
+            return [self.preprocess()], []
+        return [], [decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value),
+                    spatial.letterbox(self.image_size, self.ignore_value, self._move())]
+
+    def batch_step(self, cached: bool) -> Callable[[dict], dict]:
+        """Random zoom, shift and flip of image and mask together (of cached, letterboxed batches), then colour
+        jitter of the image."""
+        augment = self.augment
+        if not cached:
+            return lambda batch: _without_seed(_jitter(batch, augment))
         move = spatial.random_affine(self.image_size, augment.scale, augment.flip, self.ignore_value,
                                      augment.translate)
         return lambda batch: _without_seed(_jitter(move(batch), augment))
@@ -253,7 +272,7 @@ class DetectionRecipe(Recipe):
     def training_steps(self, cached: bool) -> tuple[list[ExampleFn], list[ExampleFn]]:
         return [self._letterboxed(self.cache_size(True))], []
 
-    def batch_step(self) -> Callable[[dict], dict]:
+    def batch_step(self, cached: bool) -> Callable[[dict], dict]:
         """Colour jitter (per image, so first: on half-size tiles it costs a quarter), random zoom, shift and
         flip of image and boxes (of each tile before a Mosaic of every example), Mosaic, MixUp."""
         augment = self.augment

@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # engine/pr
 JIT_CHOICES = ("auto", "true", "false")  # engine/precision.py
 EXPORT_FORMATS = ("saved_model", "tflite_float32", "tflite_float16", "tflite_int8", "onnx")  # engine/export.py
 CHECKPOINT_CHOICES = ("best", "final")  # engine/run_dir.py
-CACHE_CHOICES = "none | memory | disk:PATH"  # datasets/pipeline.py
+CACHE_CHOICES = "auto | none | memory | disk:PATH"  # auto: engine/plan.py; the others: datasets/pipeline.py
 CHOICES = {"task": TASKS, "mode": MODES, "strategy": STRATEGIES, "optimizer": OPTIMIZERS,
            "lr_schedule": LR_SCHEDULES, "precision": PRECISIONS, "jit_compile": JIT_CHOICES,
            "checkpoint": CHECKPOINT_CHOICES}
@@ -46,7 +46,7 @@ class Config:
     mask_dirs: list[str] = dataclasses.field(default_factory=lambda: ["images", "masks"])
     mask_classes: list[str] | None = None
     cache_dir: str = ""
-    cache: str = "none"
+    cache: str = "auto"
     map_parallelism: int = 0
     prefetch_batches: int = -1
     data_dir: str = ""
@@ -118,7 +118,7 @@ class Config:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise FlagError(f"--{name}={getattr(self, name)} is unknown; choose one of {', '.join(choices)}")
-        if self.cache not in ("none", "memory") and not (self.cache.startswith("disk:") and len(self.cache) > 5):
+        if self.cache not in ("auto", "none", "memory") and not (self.cache.startswith("disk:") and len(self.cache) > 5):
             raise FlagError(f"--cache={self.cache} is not one of {CACHE_CHOICES}")
         for name, lowest in (("batch_size", 1), ("image_size", 8), ("epochs", 1), ("train_steps", 0),
                              ("patience", 0), ("freeze_epochs", 0), ("grad_accum_steps", 1),

@@ -147,7 +147,13 @@ def plan_run(config: Config, source: Source, replicas: int) -> tuple[Config, Pla
     task_class = tasks.TASKS[config.task]
     profile = task_class.profile(source, config)
     run_plan = plan.make(config, task_class.min_steps, task_class.planned(config, profile), profile, replicas)
-    return task_class.with_defaults(dataclasses.replace(config, **run_plan.flags)), run_plan
+    config = task_class.with_defaults(dataclasses.replace(config, **run_plan.flags))
+    if config.cache == "auto":
+        train, val = source.splits["train"], source.splits["val"]
+        run_plan = run_plan.with_flag("cache", *plan.cache(config, len(train) + len(val), train.in_memory,
+                                                           task_class.profile_targets(source).masks))
+        config = dataclasses.replace(config, cache=run_plan.flags["cache"])
+    return config, run_plan
 
 
 def prepare(config: Config) -> Job:

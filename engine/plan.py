@@ -4,6 +4,8 @@ each with the reason; and warnings where explicit flags are far from what the da
 The rules (the task's part, input size and augmentation, is its `planned` method):
 - batch: 64, halved per replica (down to `MIN_REPLICA_BATCH`) until a pass over the training data takes at
   least `MIN_PASS_STEPS` steps;
+- cache (`--cache=auto`): in memory when train and val, decoded at their cached size, fit a quarter of physical
+  memory, else none;
 - run length: the task's `min_steps` optimizer updates (a third of them with --init_checkpoint; each takes
   --grad_accum_steps batches), in epochs of at least
   `MIN_EPOCH_STEPS` steps (small data repeats within an epoch, so that validation, checkpoints and the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from datasets.budget import physical_memory_bytes
 from datasets.profile import PERCENTILE, Profile
 from engine.config import Config, FlagError
 
@@ -25,6 +28,7 @@ MIN_REPLICA_BATCH = 2  # BatchNormalization needs more than one example
 MIN_EPOCH_STEPS = 100
 MIN_EPOCHS = 10
 FINE_TUNING_SHARE = 1 / 3  # of the from-scratch steps, when --init_checkpoint starts the model
+CACHE_SHARE = 0.25  # of physical memory, for --cache=auto's in-memory cache of train and val
 TOO_SHORT = 0.25  # explicit run lengths below this share of the planned steps get a warning
 
 
@@ -49,6 +53,10 @@ class Plan:
     steps: StepPlan
     reasons: dict[str, str]
     warnings: list[str]
+
+    def with_flag(self, key: str, value: object, why: str) -> Plan:
+        """This plan with one more planned flag."""
+        return dataclasses.replace(self, flags={**self.flags, key: value}, reasons={**self.reasons, key: why})
 
     def lines(self) -> list[str]:
         """The plan as printed: one line per decision, then the warnings."""
@@ -120,6 +128,21 @@ def _warnings(config: Config, planned_size: tuple[object, str] | None, profile: 
                      f"{'fine-tuning' if config.init_checkpoint else 'from-scratch'} {config.task} run needs; leave --epochs "
                      "and --train_steps unset to have them planned")
     return found
+
+
+def cache(config: Config, num_examples: int, pixels_in_memory: bool, masks: bool) -> tuple[str, str]:
+    """`--cache=auto` resolved for a run of `num_examples` (train and val) at `config.image_size`: memory when
+    they fit CACHE_SHARE of physical memory at the largest size a recipe caches (8/7 of the input size), else
+    none; and why."""
+    if pixels_in_memory:
+        return "none", "the images are decoded pixels in memory already"
+    side = round(config.image_size * 8 / 7)
+    needed = num_examples * side * side * (4 if masks else 3)
+    budget = int(physical_memory_bytes() * CACHE_SHARE)
+    fits = needed <= budget
+    return ("memory" if fits else "none"), (
+        f"{num_examples} images decoded at {side} px take {needed / (1 << 20):.0f} MB, "
+        f"{'within' if fits else 'over'} the budget of {budget / (1 << 20):.0f} MB ({CACHE_SHARE:.0%} of memory)")
 
 
 def make(config: Config, min_steps: int, planned: dict[str, tuple[object, str]], profile: Profile,

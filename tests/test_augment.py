@@ -220,3 +220,21 @@ def test_preview_draws_masks_and_boxes(tiny_shapes, tmp_path, kind):
         labelled = (batch["mask"][..., 0] > 0) & (batch["mask"][..., 0] != 255)
         assert labelled.any() and not np.array_equal(drawn[:, ::3, ::3][labelled], batch["image"][labelled])
     assert os.listdir(tmp_path / "preview") == ["train_batch0.png"]  # class names are drawn, not in .txt files
+
+
+def test_letterbox_and_random_move_in_one_resampling_match_the_two_steps(tiny_shapes):
+    """The uncached segmentation path (one warp per example) moves boxes exactly as letterbox-then-move does,
+    and its masks and images agree with the two resamplings up to the second one's rounding."""
+    split = shapes.shapes_source(tiny_shapes).splits["train"]
+    records = split.records(tf.distribute.InputContext(), 0, True, Targets(masks=True, max_boxes=4))
+    draw = spatial.random_affine_of(SIZE, (0.5, 2.0), True, translate=0.1)
+    one_step = spatial.letterbox(SIZE, 255, draw)
+    letterbox, move = spatial.letterbox(SIZE, 255), spatial.random_affine(SIZE, (0.5, 2.0), True, 255, 0.1)
+    for index, record in enumerate(records.take(6)):
+        example = decode.decode_for_size(SIZE)(record) | {"seed": tf.constant([index, 7], tf.int64)}
+        once = one_step(example)
+        twice = move({k: v[None] for k, v in letterbox(example).items()})
+        np.testing.assert_allclose(once["boxes"].numpy(), twice["boxes"][0].numpy(), atol=1e-3)
+        assert np.array_equal(once["classes"].numpy(), twice["classes"][0].numpy())
+        assert np.mean(once["mask"].numpy() == twice["mask"][0].numpy()) > 0.95
+        assert np.abs(once["image"].numpy().astype(int) - twice["image"][0].numpy()).mean() < 12

@@ -101,13 +101,50 @@ def test_cache_sits_before_augmentation_and_keeps_eval_exact(tiny_shapes, tmp_pa
         assert np.array_equal(a["label"].numpy(), b["label"].numpy())
 
 
+def _large_jpeg() -> tf.Tensor:
+    """A 1600x1200 photo-like JPEG: smooth colour fields with fine texture."""
+    rng = np.random.default_rng(0)
+    coarse = tf.image.resize(rng.uniform(0, 255, (30, 40, 3)), [1200, 1600]).numpy()
+    return tf.io.encode_jpeg(np.clip(coarse + rng.normal(0, 12, coarse.shape), 0, 255).astype(np.uint8), quality=90)
+
+
+def test_large_jpegs_decode_at_a_dct_scale_within_tolerance_of_full_scale(monkeypatch):
+    encoded = _large_jpeg()
+    full = tf.io.decode_jpeg(encoded, channels=3)
+    example = {"encoded": encoded, "id": tf.constant("large.jpg"), "seed": tf.constant([0, 5], tf.int64)}
+    resized = decode.decode_resize(224)(example)
+    exact = tf.image.resize(full, [224, 224], antialias=True).numpy()  # full scale, averaged properly
+    assert resized["original_size"].numpy().tolist() == [1200, 1600]
+    assert np.abs(resized["image"].numpy() - exact).mean() < 2.0
+    # the same crop windows as full-scale decoding, closer to the properly averaged crop than full scale is
+    scaled_windows = 0
+    for seed in range(6):
+        example["seed"] = tf.constant([0, seed], tf.int64)
+        y, x, h, w = decode._random_crop_window(tf.constant([1200, 1600, 3]), (0.08, 1.0), example["seed"]).numpy()
+        exact_crop = tf.image.resize(full[y:y + h, x:x + w], [224, 224], antialias=True).numpy()
+        crop = decode.decode_random_crop(224, (0.08, 1.0))(example)["image"].numpy()
+        with monkeypatch.context() as full_scale:
+            full_scale.setattr(decode, "DCT_RATIOS", ())
+            full_crop = decode.decode_random_crop(224, (0.08, 1.0))(example)["image"].numpy()
+        if min(h, w) >= 448:  # decoded at 1/2 scale or less
+            scaled_windows += 1
+            assert np.abs(crop - exact_crop).mean() < min(2.5, np.abs(full_crop - exact_crop).mean())
+        else:
+            assert np.array_equal(crop, full_crop)
+    assert scaled_windows >= 2
+    small = tf.io.encode_jpeg(full[:300, :300])  # shorter side under twice the output: full scale either way
+    scaled_small = decode.decode_resize(224)({"encoded": small})["image"].numpy()
+    monkeypatch.setattr(decode, "DCT_RATIOS", ())
+    assert np.array_equal(scaled_small, decode.decode_resize(224)({"encoded": small})["image"].numpy())
+
+
 def test_shuffle_buffer_follows_memory_budget():
     assert budget.shuffle_buffer_size(1000, 100, budget_bytes=1 << 20) == 1000
     assert budget.shuffle_buffer_size(10**7, 150_000, budget_bytes=1 << 30) == (1 << 30) // 150_000
 
 
 def test_bad_cache_flag_is_rejected():
-    with pytest.raises(FlagError, match="--cache=disk: is not one of none | memory | disk:PATH"):
+    with pytest.raises(FlagError, match="--cache=disk: is not one of auto | none | memory | disk:PATH"):
         Config(cache="disk:")
 
 

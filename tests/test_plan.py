@@ -90,9 +90,11 @@ def test_small_datasets_get_a_smaller_batch_and_epochs_that_repeat_the_data():
 
 
 def test_tiny_grey_images_keep_their_size_mild_crops_and_no_colour_jitter():
-    planned = ClassificationTask.planned(Config(), _profile(height=28, width=28, grey=True))
+    planned = ClassificationTask.planned(Config(model="resnet50"), _profile(height=28, width=28, grey=True))
     assert {key: value for key, (value, _) in planned.items()} == {
         "image_size": 28, "min_crop_area": 0.85, "color_jitter": 0.0, "hue": 0.0}
+    small_model = ClassificationTask.planned(Config(), _profile(height=28, width=28, grey=True))  # no crops
+    assert "min_crop_area" not in small_model and ClassificationTask.defaults("small_cnn")["min_crop_area"] == 1.0
     photos = ClassificationTask.planned(Config(), _profile(height=375, width=500))
     assert {key: value for key, (value, _) in photos.items()} == {"image_size": 64}
 
@@ -150,8 +152,25 @@ def test_the_plan_is_printed_and_written_to_config_json(tiny_shapes, tmp_path, c
     with open(tmp_path / "config.json") as f:
         saved = json.load(f)
     assert (saved["image_size"], saved["batch_size"], saved["epochs"]) == (64, 32, 1)
-    assert saved["resolved"]["plan"]["flags"] == {"image_size": 64, "batch_size": 32}
+    assert saved["resolved"]["plan"]["flags"] == {"image_size": 64, "batch_size": 32, "cache": "memory"}
+    assert saved["cache"] == "memory" and "[plan] cache memory: 320 images decoded at 73 px take 5 MB" in printed
     assert job.steps.total_steps == 8 and job.config.image_size == 64
+
+
+def test_cache_auto_keeps_decoded_files_in_memory_when_they_fit(monkeypatch):
+    monkeypatch.setattr(plan, "physical_memory_bytes", lambda: 8 << 30)  # a budget of 2048 MB
+    config = Config(image_size=224)
+    assert plan.cache(config, 10_000, False, False) == (
+        "memory", "10000 images decoded at 256 px take 1875 MB, within the budget of 2048 MB (25% of memory)")
+    assert plan.cache(config, 11_000, False, False)[0] == "none"
+    assert plan.cache(config, 10_000, False, masks=True)[0] == "none"  # a mask byte per pixel more
+    assert plan.cache(config, 10, True, False) == ("none", "the images are decoded pixels in memory already")
+
+
+def test_explicit_cache_is_not_planned(tiny_shapes, tmp_path):
+    config, run_plan = job_module.plan_run(Config(dataset=f"shapes:{tiny_shapes}", cache="none"),
+                                           job_module.source_of(Config(dataset=f"shapes:{tiny_shapes}")), 1)
+    assert config.cache == "none" and "cache" not in run_plan.flags
 
 
 @pytest.mark.slow

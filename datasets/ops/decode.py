@@ -5,6 +5,8 @@ Each function takes an example dict and returns a new one. An example holds eith
 or "image" (uint8 pixels, any channel count). JPEG training crops use the fused
 `tf.image.decode_and_crop_jpeg`, which decodes only the pixels of the crop window; `check_encoded` makes a
 truncated file fail with its name (the fused crop alone would decode its intact part without complaint).
+JPEGs much larger than their destination are decoded at a DCT scale (1/2, 1/4 or 1/8; `DCT_RATIOS`) that keeps
+them at least as large as the output: libjpeg skips most of the inverse DCT and the resize most of its input.
 """
 
 from __future__ import annotations
@@ -93,25 +95,38 @@ def _random_crop_window(image_shape: tf.Tensor, scale: tuple[float, float], seed
 
 def decode_resize(image_size: int) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8, with the
-    decoded image's "original_size" [h, w]."""
+    file's "original_size" [h, w]. A JPEG is decoded at the DCT scale whose shorter side stays >= image_size."""
 
     def apply(example: dict) -> dict:
-        image = pixels(example)
-        return _without_encoded(example, _to_uint8_size(image, image_size)) | {"original_size": tf.shape(image)[:2]}
+        if "encoded" in example:
+            image, original = _decode_at_least(example["encoded"], image_size, tf.reduce_min)
+        else:
+            image = _rgb(example["image"])
+            original = tf.shape(image)[:2]
+        return _without_encoded(example, _to_uint8_size(image, image_size)) | {"original_size": original}
 
     return apply
 
 
-def _decode_at_least(encoded: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decodes an image, a JPEG at the largest DCT scale (1/2, 1/4, 1/8) whose longer side stays >= `size`
-    (skipping most of the decoding work for images much larger than their destination); returns it and the
-    file's own [height, width]."""
+DCT_RATIOS = (2, 4, 8)  # the JPEG DCT scales 1/2, 1/4, 1/8 that decoding may use; () decodes at full scale
+
+
+def _dct_ratio(extent: tf.Tensor, size: int) -> tf.Tensor:
+    """The largest of 1 and DCT_RATIOS by which `extent` (pixels) shrinks to no less than `size`."""
+    ratios = tf.constant((1, *DCT_RATIOS))
+    return tf.reduce_max(tf.where(extent // ratios >= size, ratios, 1))
+
+
+def _decode_at_least(encoded: tf.Tensor, size: int, side=tf.reduce_max) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes an image, a JPEG at the largest DCT scale whose `side` (reduce_max: longer, reduce_min: shorter)
+    stays >= `size` (libjpeg then skips most of the inverse DCT and the resize's work, and averages the pixels
+    it drops instead of aliasing them); returns it and the file's own [height, width]."""
 
     def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
         original = tf.image.extract_jpeg_shape(encoded)[:2]
-        index = tf.reduce_sum(tf.cast(-(-tf.reduce_max(original) // tf.constant([2, 4, 8])) >= size, tf.int32))
-        branches = [lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r) for r in (1, 2, 4, 8)]
-        return tf.switch_case(index, branches), original
+        ratio = _dct_ratio(side(original), size)
+        branches = {r: lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r) for r in (1, *DCT_RATIOS)}
+        return tf.case([(tf.equal(ratio, r), branch) for r, branch in branches.items()]), original
 
     def other() -> tuple[tf.Tensor, tf.Tensor]:
         image = _decode_any(encoded)
@@ -158,8 +173,28 @@ def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255)
     return apply
 
 
+def _scaled_crop(encoded: tf.Tensor, window: tf.Tensor, ratio: int, image_size: int) -> tf.Tensor:
+    """The crop `window` ([y, x, h, w] in the file's pixels, at least `ratio` x image_size on each side) of a JPEG
+    decoded at DCT scale 1/`ratio` and resampled to image_size x image_size uint8, aligned to the window exactly
+    (scaled pixel i covers the file's pixels [ratio i, ratio (i + 1)); whole scaled pixels are decoded around
+    the window, and the resampling starts at its fractional edge)."""
+    start, end = tf.cast(window[:2], tf.float32) / ratio, tf.cast(window[:2] + window[2:], tf.float32) / ratio
+    first = tf.cast(tf.floor(start), tf.int32)
+    extent = tf.cast(tf.math.ceil(end), tf.int32) - first  # within the scaled image, ceil(side / ratio)
+    crop = tf.image.decode_and_crop_jpeg(encoded, tf.concat([first, extent], 0), channels=3, ratio=ratio)
+    # tf.image.resize's sampling (half-pixel centres) of the window, in crop_and_resize's corner-aligned terms
+    step = (end - start) / image_size
+    low = start - tf.cast(first, tf.float32) + step / 2 - 0.5
+    high = low + step * (image_size - 1)
+    limit = tf.cast(extent, tf.float32) - 1.0
+    box = tf.concat([low / limit, high / limit], 0)  # y0, x0, y1, x1
+    out = tf.image.crop_and_resize(tf.cast(crop, tf.float32)[None], box[None], [0], [image_size, image_size])[0]
+    return tf.cast(out + 0.5, tf.uint8)
+
+
 def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn:
-    """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG) into "image".
+    """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG, at a DCT scale when the
+    crop is at least twice image_size) into "image".
 
     The example must carry a stateless "seed" ([2] int); the crop is a function of it alone.
     """
@@ -172,16 +207,22 @@ def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn
 
         def jpeg() -> tf.Tensor:
             window = _random_crop_window(tf.image.extract_jpeg_shape(encoded), scale, example["seed"])
-            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+            ratio = _dct_ratio(tf.reduce_min(window[2:]), image_size)
+
+            def full_scale() -> tf.Tensor:
+                return _to_uint8_size(tf.image.decode_and_crop_jpeg(encoded, window, channels=3), image_size)
+
+            branches = [(tf.equal(ratio, r), lambda r=r: _scaled_crop(encoded, window, r, image_size))
+                        for r in DCT_RATIOS]
+            return tf.case(branches, default=full_scale) if branches else full_scale()
 
         def other() -> tf.Tensor:
             image = _decode_any(encoded)
             window = _random_crop_window(tf.shape(image), scale, example["seed"])
             return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
 
-        image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-        image.set_shape([None, None, 3])
-        return _without_encoded(example, _to_uint8_size(image, image_size))
+        image = tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: _to_uint8_size(other(), image_size))
+        return _without_encoded(example, tf.ensure_shape(image, [image_size, image_size, 3]))
 
     return apply
 
@@ -194,18 +235,6 @@ def random_resized_crop(image_size: int, scale: tuple[float, float]) -> ExampleF
         window = _random_crop_window(tf.shape(image), scale, example["seed"])
         image = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
         return {**example, "image": _to_uint8_size(image, image_size)}
-
-    return apply
-
-
-def random_crop(image_size: int) -> ExampleFn:
-    """Returns a function taking a plain random image_size crop of "image" (the cached-data recipe: cache at
-    8/7 of the size, crop without resizing), decided by the example's "seed"."""
-
-    def apply(example: dict) -> dict:
-        seed = tf.random.experimental.stateless_fold_in(example["seed"], 2)
-        crop = tf.image.stateless_random_crop(_rgb(example["image"]), [image_size, image_size, 3], seed)
-        return {**example, "image": crop}
 
     return apply
 

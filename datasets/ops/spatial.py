@@ -46,19 +46,21 @@ def letterbox_frame(original_size: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.
     return new_h, new_w, tf.floor((size - new_h) / 2), tf.floor((size - new_w) / 2)
 
 
-def letterbox(size: int, ignore: int) -> callable:
+def letterbox(size: int, ignore: int, move: callable | None = None) -> callable:
     """Returns a per-example function fitting "image" (and "mask", "boxes") into size x size, aspect kept,
     centred, the rest filled (FILL in the image, `ignore` in the mask). Boxes are in the pixels of the
     original, "image_size" [h, w] (default: the image's shape), kept as "original_size"; image and mask may be
-    decoded smaller. `unletterbox_boxes` maps boxes back."""
+    decoded smaller. `unletterbox_boxes` maps boxes back. `move` (an example's [1, 4] affine of the letterbox,
+    from `random_affine_of`) is applied in the same resampling: one per image for the chain."""
 
     def apply(example: dict) -> dict:
         original = tf.cast(example.get("image_size", tf.shape(example["image"])[:2]), tf.float32)
         new_h, new_w, top, left = letterbox_frame(original, size)
+        then = move({k: v[None] for k, v in example.items()}) if move else tf.constant([[1.0, 1.0, 0.0, 0.0]])
 
         def onto_target(shape: tf.Tensor) -> tf.Tensor:  # the affine taking a [h, w] extent onto the target
             shape = tf.cast(shape, tf.float32)
-            return tf.stack([new_w / shape[1], new_h / shape[0], left, top])[None]
+            return _then(tf.stack([new_w / shape[1], new_h / shape[0], left, top])[None], then)
 
         out = {k: v for k, v in example.items() if k != "image_size"}
         out["original_size"] = tf.cast(original, tf.int32)  # [h, w]: maps predictions back (detection eval)
@@ -76,6 +78,13 @@ def letterbox(size: int, ignore: int) -> callable:
     return apply
 
 
+def _then(first: tf.Tensor, second: tf.Tensor) -> tf.Tensor:
+    """The affine [B, 4] applying `first`, then `second`."""
+    sx, sy, tx, ty = tf.unstack(first, axis=1)
+    zx, zy, ux, uy = tf.unstack(second, axis=1)
+    return tf.stack([zx * sx, zy * sy, zx * tx + ux, zy * ty + uy], axis=1)
+
+
 def unletterbox_boxes(boxes: tf.Tensor, original_size: tf.Tensor, size: int) -> tf.Tensor:
     """Boxes [..., N, 4] (x0, y0, x1, y1) in the pixels of a `size` letterbox of images of `original_size`
     ([..., 2] h, w) back in the original images' pixels, clipped to them: the inverse of `letterbox`."""
@@ -87,22 +96,27 @@ def unletterbox_boxes(boxes: tf.Tensor, original_size: tf.Tensor, size: int) -> 
     return tf.clip_by_value(out, 0.0, tf.concat([width, height] * 2, axis=-1))
 
 
-def random_affine(size: int, scale: tuple[float, float], flip: bool, ignore: int, translate: float = 0.0
-                  ) -> callable:
-    """Returns a batch function: random zoom in `scale`, a random position (a random crop when zoomed in,
-    random padding when zoomed out) moved by up to `translate` x size more, and, if `flip`, a left-right flip
-    with probability 1/2."""
+def random_affine_of(size: int, scale: tuple[float, float], flip: bool, translate: float = 0.0) -> callable:
+    """Returns a function drawing a batch's affines [B, 4] (from its first example's seed): a random zoom in
+    `scale`, a random position (a random crop when zoomed in, random padding when zoomed out) moved by up to
+    `translate` x size more, and, if `flip`, a left-right flip with probability 1/2."""
 
-    def apply(batch: dict) -> dict:
+    def draw(batch: dict) -> tf.Tensor:
         zoom = _uniform(batch, 1, *scale)
         slack = size - zoom * size  # < 0: the zoomed image overhangs and is cropped
         tx = _uniform(batch, 2, 0.0, 1.0) * slack + _uniform(batch, 10, -translate, translate) * size
         ty = _uniform(batch, 3, 0.0, 1.0) * slack + _uniform(batch, 11, -translate, translate) * size
         mirror = _uniform(batch, 4, 0.0, 1.0) < 0.5 if flip else tf.zeros_like(zoom, tf.bool)
-        affine = tf.stack([tf.where(mirror, -zoom, zoom), zoom, tf.where(mirror, tx + zoom * size, tx), ty], 1)
-        return _apply(batch, affine, size, ignore)
+        return tf.stack([tf.where(mirror, -zoom, zoom), zoom, tf.where(mirror, tx + zoom * size, tx), ty], 1)
 
-    return apply
+    return draw
+
+
+def random_affine(size: int, scale: tuple[float, float], flip: bool, ignore: int, translate: float = 0.0
+                  ) -> callable:
+    """Returns a batch function moving images, masks and boxes by `random_affine_of`'s draws."""
+    draw = random_affine_of(size, scale, flip, translate)
+    return lambda batch: _apply(batch, draw(batch), size, ignore)
 
 
 def _select(use: tf.Tensor, chosen: dict, original: dict) -> dict:

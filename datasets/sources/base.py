@@ -47,6 +47,8 @@ Parse = Callable[[Any], dict] | None  # a stream element to a record (reads file
 class Split(Protocol):
     """What the pipeline needs of a split (see the module docstring)."""
 
+    in_memory: bool  # records hold decoded pixels in memory: a cache of them gains nothing
+
     def __len__(self) -> int: ...
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
@@ -65,6 +67,8 @@ class Split(Protocol):
 
 class Streamed:
     """`records` from `stream`, for every split."""
+
+    in_memory = False
 
     def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                 targets: Targets = Targets()) -> tf.data.Dataset:

@@ -47,6 +47,8 @@ def _find(directory: str, prefix: str, kind: str) -> str:
 class ArraySplit(Streamed):
     """One split held in memory: uint8 images [n, h, w, c] and int labels [n]."""
 
+    in_memory = True
+
     images: np.ndarray
     labels: np.ndarray
     name: str
