@@ -27,7 +27,8 @@ Variants:
   folder_mild     the same with the engine's default crop area for small images (50-100%)
   folder_jitter   `folder` with the small models' default colour jitter (brightness, contrast, saturation 0.2)
   tfrecord        `folder` on TFRecord shards written by the converter
-  cache           `folder` with --cache=memory (decoded at 256 px, plain 224 crops), second epoch onwards
+  cache           `folder` with --cache=memory (decoded at 256 px; the same random-resized crops of the cached
+                  images, resized to 224), second epoch onwards
   idfd            keras.utils.image_dataset_from_directory (at 256 px) + Keras 3 preprocessing layers
                   RandomCrop, RandomFlip, Rescaling in the map, as the Keras guides show
   idfd_tfimage    image_dataset_from_directory (at 256 px) + the same crop/flip/rescale as tf.image ops
@@ -375,6 +376,16 @@ def _iterator(variant: str):
     raise ValueError(f"unknown variant {variant}")
 
 
+def _peak_resident_mb() -> float:
+    """This process image's peak resident MB: VmHWM (getrusage's ru_maxrss starts at the parent's peak when
+    the parent's memory was larger, since Linux keeps it across fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _resident_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
@@ -416,14 +427,14 @@ def run_variant(variant: str) -> dict:
         open(os.path.join(FLAGS.barrier, f"ready-{FLAGS.core}"), "w").close()
         while len(os.listdir(FLAGS.barrier)) < (os.cpu_count() or 1):
             time.sleep(0.01)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _peak_resident_mb()
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
     rate = batches * FLAGS.batch_size / (time.perf_counter() - start)
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"variant": variant, "images_per_second": rate, "peak_rss_mb": rss_after / 1024,
-            "rss_growth_while_timed_mb": (rss_after - rss_before) / 1024}
+    rss_after = _peak_resident_mb()
+    return {"variant": variant, "images_per_second": rate, "peak_rss_mb": rss_after,
+            "rss_growth_while_timed_mb": rss_after - rss_before}
 
 
 CONCURRENT = {"ceiling", "ceiling_graph"}  # one pinned process per core, timed at once, rates summed

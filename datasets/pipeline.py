@@ -72,7 +72,7 @@ def _seeded(ds: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], con
             context: tf.distribute.InputContext) -> tf.data.Dataset:
     """`ds` parsed (if `parse`) and mapped by `step` in one map, with a per-example stateless "seed" [2] added
     between: random augmentation is a function of (run seed, position). One random number per example, zipped
-    in (a separate merge map and a batch(2) of the numbers cost ~5% of the plain pipeline's CPU; measured)."""
+    in (a separate merge map and a batch(2) of the numbers cost a few percent of the plain pipeline's CPU)."""
     base = tf.constant(config.seed * 1000 + context.input_pipeline_id, tf.int64)
     numbers = tf.data.Dataset.random(seed=config.seed * 1000 + context.input_pipeline_id)
 

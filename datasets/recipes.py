@@ -150,8 +150,8 @@ class ClassificationRecipe(Recipe):
 
     def cache_size(self, training: bool) -> int:
         """Training crops come from cached images 8/7 larger (as "resize 256, crop 224"), so that a crop of
-        most of the image is not upsampled."""
-        return round(self.image_size * 8 / 7) if training else self.image_size
+        most of the image is not upsampled; whole images (no crops) are cached at the input size."""
+        return round(self.image_size * 8 / 7) if training and self.augment.crop_scale[0] < 1.0 else self.image_size
 
     def training_steps(self, cached: bool) -> tuple[list[ExampleFn], list[ExampleFn]]:
         """The same random-resized crop with or without a cache: fused with decoding, or of the cached, larger
@@ -160,6 +160,9 @@ class ClassificationRecipe(Recipe):
         after_crop = [decode.random_flip] if augment.flip else []
         if augment.randaugment_ops:
             after_crop.append(randaugment(augment.randaugment_ops, augment.randaugment_magnitude))
+        if augment.crop_scale[0] >= 1.0:  # whole images: decoded and resized once, cached at the input size
+            whole = decode.decode_resize(self.image_size)
+            return ([whole], after_crop) if cached else ([], [whole, *after_crop])
         if cached:
             return ([decode.decode_resize(self.cache_size(True))],
                     [decode.random_resized_crop(self.image_size, augment.crop_scale), *after_crop])

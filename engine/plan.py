@@ -141,7 +141,7 @@ def cache(config: Config, num_examples: int, pixels_in_memory: bool, masks: bool
     budget = int(physical_memory_bytes() * CACHE_SHARE)
     fits = needed <= budget
     return ("memory" if fits else "none"), (
-        f"{num_examples} images decoded at {side} px take {needed / (1 << 20):.0f} MB, "
+        f"{num_examples} images decoded at up to {side} px take up to {needed / (1 << 20):.0f} MB, "
         f"{'within' if fits else 'over'} the budget of {budget / (1 << 20):.0f} MB ({CACHE_SHARE:.0%} of memory)")
 
 

@@ -153,7 +153,7 @@ def test_the_plan_is_printed_and_written_to_config_json(tiny_shapes, tmp_path, c
         saved = json.load(f)
     assert (saved["image_size"], saved["batch_size"], saved["epochs"]) == (64, 32, 1)
     assert saved["resolved"]["plan"]["flags"] == {"image_size": 64, "batch_size": 32, "cache": "memory"}
-    assert saved["cache"] == "memory" and "[plan] cache memory: 320 images decoded at 73 px take 5 MB" in printed
+    assert saved["cache"] == "memory" and "[plan] cache memory: 320 images decoded at up to 73 px take up to 5 MB" in printed
     assert job.steps.total_steps == 8 and job.config.image_size == 64
 
 
@@ -161,7 +161,8 @@ def test_cache_auto_keeps_decoded_files_in_memory_when_they_fit(monkeypatch):
     monkeypatch.setattr(plan, "physical_memory_bytes", lambda: 8 << 30)  # a budget of 2048 MB
     config = Config(image_size=224)
     assert plan.cache(config, 10_000, False, False) == (
-        "memory", "10000 images decoded at 256 px take 1875 MB, within the budget of 2048 MB (25% of memory)")
+        "memory", "10000 images decoded at up to 256 px take up to 1875 MB, within the budget of 2048 MB (25% of "
+        "memory)")
     assert plan.cache(config, 11_000, False, False)[0] == "none"
     assert plan.cache(config, 10_000, False, masks=True)[0] == "none"  # a mask byte per pixel more
     assert plan.cache(config, 10, True, False) == ("none", "the images are decoded pixels in memory already")

@@ -55,7 +55,7 @@ class Split(Protocol):
                targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share as stored (paths, serialized records) and the function making
         each element a record: the training pipeline runs it inside its own first map (a map of its own cost
-        ~4% of the plain pipeline's CPU; measured)."""
+        a few percent of the plain pipeline's CPU)."""
 
     def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                 targets: Targets = Targets()) -> tf.data.Dataset:
