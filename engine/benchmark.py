@@ -66,8 +66,10 @@ def knobs(job: Job, input_bound: bool) -> list[str]:
                          "0 lets tf.data autotune them")
         if config.prefetch_batches == 0:
             found.append("--prefetch_batches=0 turns prefetching off: -1 autotunes it")
-        if config.cache == "none":
-            found.append("--cache=memory (or disk:PATH) decodes each image once, before augmentation")
+        if config.cache == "none" and not job.train_split.in_memory:
+            reason = job.plan.reasons.get("cache")
+            found.append("--cache=disk:PATH (or memory) decodes each image once, before augmentation"
+                         + (f" (--cache=auto chose none: {reason})" if reason else ""))
         if isinstance(job.train_split, Examples):
             found.append("on slow or remote storage, TFRecord shards (--mode=convert) read in large sequential "
                          "blocks")
