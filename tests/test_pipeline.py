@@ -183,5 +183,14 @@ def test_batches_are_graph_only_and_the_tf_data_service_serves_them_unchanged(ti
     for a, b in zip(local, served):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # training batches too, with the XLA-compiled colour jitter inside the served graph
+    from datasets.recipes import Augment
+
+    train = pipeline.PipelineConfig(ClassificationRecipe(16, Augment(brightness=0.3, saturation=0.3)),
+                                    global_batch_size=4, training=True, deterministic=True)
+    remote = pipeline.batches(val, train).apply(service.distribute("parallel_epochs", dispatcher.target))
+    for a, b in zip(pipeline.batches(val, train).take(3).as_numpy_iterator(), remote.take(3).as_numpy_iterator()):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     worker.stop()
     dispatcher.stop()

@@ -71,7 +71,7 @@ def _benchmark(tmp_path, *flags) -> dict:
 @pytest.mark.slow
 def test_benchmark_calls_a_starved_pipeline_input_bound(large_images, tmp_path):
     report = _benchmark(tmp_path, f"--dataset=shapes:{large_images}", "--image_size=32", "--batch_size=128",
-                        "--steps_per_execution=2", "--map_parallelism=1", "--prefetch_batches=0")
+                        "--steps_per_execution=2", "--map_parallelism=1", "--prefetch_batches=0", "--cache=none")
     assert report["verdict"] == "input-bound", report
     assert any("--map_parallelism" in knob for knob in report["knobs"])
 
