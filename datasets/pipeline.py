@@ -73,8 +73,8 @@ def _seeded(ds: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], con
     """`ds` parsed (if `parse`) and mapped by `step` in one map, with a per-example stateless "seed" [2] added
     between: random augmentation is a function of (run seed, position). One random number per example, zipped
     in (a separate merge map and a batch(2) of the numbers cost a few percent of the plain pipeline's CPU)."""
-    base = tf.constant(config.seed * 1000 + context.input_pipeline_id, tf.int64)
-    numbers = tf.data.Dataset.random(seed=config.seed * 1000 + context.input_pipeline_id)
+    pipeline_seed = config.seed * 1000 + context.input_pipeline_id
+    base, numbers = tf.constant(pipeline_seed, tf.int64), tf.data.Dataset.random(seed=pipeline_seed)
 
     def apply(element, number: tf.Tensor) -> dict:
         record = parse(element) if parse else element

@@ -205,8 +205,12 @@ class SegmentationRecipe(Recipe):
 
     def preprocess(self) -> ExampleFn:
         """Decoded (mask checked) and letterboxed, the mask padded with `ignore_value`."""
-        return compose(decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value),
-                       spatial.letterbox(self.image_size, self.ignore_value))
+        return compose(*self._letterboxed())
+
+    def _letterboxed(self, move: Callable[[dict], tf.Tensor] | None = None) -> list[ExampleFn]:
+        """Decoding (mask checked) and the letterbox, with `move` in the same resampling if given."""
+        return [decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value),
+                spatial.letterbox(self.image_size, self.ignore_value, move)]
 
     def _move(self) -> Callable[[dict], tf.Tensor]:
         augment = self.augment
@@ -215,10 +219,7 @@ class SegmentationRecipe(Recipe):
     def training_steps(self, cached: bool) -> tuple[list[ExampleFn], list[ExampleFn]]:
         """With a cache, the letterbox (the random zoom, shift and flip come per batch); without one, the
         letterbox and the random move of each example in one resampling of image and mask."""
-        if cached:
-            return [self.preprocess()], []
-        return [], [decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value),
-                    spatial.letterbox(self.image_size, self.ignore_value, self._move())]
+        return ([self.preprocess()], []) if cached else ([], self._letterboxed(self._move()))
 
     def batch_step(self, cached: bool) -> Callable[[dict], dict]:
         """Random zoom, shift and flip of image and mask together (of cached, letterboxed batches), then colour
