@@ -91,7 +91,8 @@ flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, CHOICES["lr_schedule"],
 flags.DEFINE_float("warmup_epochs", DEFAULTS.warmup_epochs, "Linear warmup length in epochs.")
 flags.DEFINE_float("ema_decay", DEFAULTS.ema_decay,
                    "Keep an exponential moving average of the weights with this decay (e.g. 0.999); evaluation and "
-                   "the saved models use it. 0: off.")
+                   "the saved models use it. 0: off. Default: the task's (classification: 0.99 when the run has "
+                   "at least 1000 optimizer updates).")
 flags.DEFINE_integer("grad_accum_steps", DEFAULTS.grad_accum_steps,
                      "Average the gradients of this many batches per optimizer update (effective batch "
                      "--batch_size x this; one replica only).")

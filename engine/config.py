@@ -70,7 +70,7 @@ class Config:
     momentum: float = 0.9
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
-    ema_decay: float = 0.0
+    ema_decay: float | None = None  # None: planned (engine/plan.py:ema_decay)
     grad_accum_steps: int = 1
     precision: str = "auto"
     jit_compile: str = "auto"
@@ -127,7 +127,7 @@ class Config:
                 raise FlagError(f"--{name}={getattr(self, name)} must be at least {lowest}")
         if self.min_crop_area is not None and not 0.0 < self.min_crop_area <= 1.0:
             raise FlagError(f"--min_crop_area={self.min_crop_area} must be in (0, 1]")
-        if not 0.0 <= self.ema_decay < 1.0:
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise FlagError(f"--ema_decay={self.ema_decay} must be in [0, 1): 0 is off, 0.999 a common value")
         if self.backbone_lr_scale <= 0:
             raise FlagError(f"--backbone_lr_scale={self.backbone_lr_scale} must be positive (--freeze_epochs "

@@ -6,6 +6,7 @@ The rules (the task's part, input size and augmentation, is its `planned` method
   least `MIN_PASS_STEPS` steps;
 - cache (`--cache=auto`): in memory when train and val, decoded at their cached size, fit a quarter of physical
   memory, else none;
+- --ema_decay, where the task plans one: off for runs of fewer than `EMA_MIN_UPDATES` optimizer updates;
 - run length: the task's `min_steps` optimizer updates (a third of them with --init_checkpoint; each takes
   --grad_accum_steps batches), in epochs of at least
   `MIN_EPOCH_STEPS` steps (small data repeats within an epoch, so that validation, checkpoints and the
@@ -30,6 +31,7 @@ MIN_EPOCHS = 10
 FINE_TUNING_SHARE = 1 / 3  # of the from-scratch steps, when --init_checkpoint starts the model
 CACHE_SHARE = 0.25  # of physical memory, for --cache=auto's in-memory cache of train and val
 TOO_SHORT = 0.25  # explicit run lengths below this share of the planned steps get a warning
+EMA_MIN_UPDATES = 1000  # a planned --ema_decay is dropped from shorter runs: their average would lag the weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,5 +160,9 @@ def make(config: Config, min_steps: int, planned: dict[str, tuple[object, str]],
     needed = round(min_steps * (FINE_TUNING_SHARE if config.init_checkpoint else 1)) * config.grad_accum_steps
     batch_size = flags.get("batch_size", config.batch_size)
     step_plan, reasons["steps"] = steps(profile.num_train, batch_size, config.epochs, config.train_steps, needed)
+    updates = step_plan.total_steps // config.grad_accum_steps
+    if flags.get("ema_decay") and updates < EMA_MIN_UPDATES:
+        flags["ema_decay"], reasons["ema_decay"] = 0.0, (f"{updates} optimizer updates, under the {EMA_MIN_UPDATES} "
+                                                         "an average of the weights needs to catch up with them")
     warnings = _warnings(config, planned.get("image_size"), profile, step_plan.total_steps, needed, reasons["steps"])
     return Plan(flags, step_plan, reasons, warnings)

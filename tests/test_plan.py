@@ -92,11 +92,26 @@ def test_small_datasets_get_a_smaller_batch_and_epochs_that_repeat_the_data():
 def test_tiny_grey_images_keep_their_size_mild_crops_and_no_colour_jitter():
     planned = ClassificationTask.planned(Config(model="resnet50"), _profile(height=28, width=28, grey=True))
     assert {key: value for key, (value, _) in planned.items()} == {
-        "image_size": 28, "min_crop_area": 0.85, "color_jitter": 0.0, "hue": 0.0}
+        "image_size": 28, "min_crop_area": 0.85, "color_jitter": 0.0, "hue": 0.0, "ema_decay": 0.99}
     small_model = ClassificationTask.planned(Config(), _profile(height=28, width=28, grey=True))  # no crops
     assert "min_crop_area" not in small_model and ClassificationTask.defaults("small_cnn")["min_crop_area"] == 1.0
     photos = ClassificationTask.planned(Config(), _profile(height=375, width=500))
-    assert {key: value for key, (value, _) in photos.items()} == {"image_size": 64}
+    assert {key: value for key, (value, _) in photos.items()} == {"image_size": 64, "ema_decay": 0.99}
+
+
+def test_planned_weight_averaging_is_dropped_from_runs_too_short_for_it():
+    fashion = _profile(num_train=60000, height=28, width=28, grey=True)
+    planned = ClassificationTask.planned(Config(), fashion)
+    long_run = plan.make(Config(), ClassificationTask.min_steps, planned, fashion, replicas=1)
+    assert long_run.flags["ema_decay"] == 0.99 and "~100 optimizer updates" in long_run.reasons["ema_decay"]
+    short_run = plan.make(Config(epochs=1), ClassificationTask.min_steps, planned, fashion, replicas=1)
+    assert short_run.flags["ema_decay"] == 0.0 and "937 optimizer updates" in short_run.reasons["ema_decay"]
+    accumulating = plan.make(Config(epochs=2, grad_accum_steps=2), ClassificationTask.min_steps, planned, fashion, 1)
+    assert accumulating.flags["ema_decay"] == 0.0, "937 updates of two batches each"
+    given = plan.make(Config(epochs=1, ema_decay=0.9), ClassificationTask.min_steps, planned, fashion, 1)
+    assert "ema_decay" not in given.flags, "an explicit --ema_decay is the user's"
+    detection = DetectionTask.with_defaults(Config(task="detection"))
+    assert detection.ema_decay == 0.0
 
 
 def test_small_objects_set_the_input_size_and_limit_zoom_and_mosaic():
@@ -152,7 +167,9 @@ def test_the_plan_is_printed_and_written_to_config_json(tiny_shapes, tmp_path, c
     with open(tmp_path / "config.json") as f:
         saved = json.load(f)
     assert (saved["image_size"], saved["batch_size"], saved["epochs"]) == (64, 32, 1)
-    assert saved["resolved"]["plan"]["flags"] == {"image_size": 64, "batch_size": 32, "cache": "memory"}
+    assert saved["resolved"]["plan"]["flags"] == {"image_size": 64, "batch_size": 32, "ema_decay": 0.0,
+                                                  "cache": "memory"}
+    assert saved["ema_decay"] == 0.0 and "[plan] ema_decay 0.0: 8 optimizer updates, under the 1000" in printed
     assert saved["cache"] == "memory" and "[plan] cache memory: 320 images decoded at up to 73 px take up to 5 MB" in printed
     assert job.steps.total_steps == 8 and job.config.image_size == 64
 

@@ -42,7 +42,9 @@ class ClassificationTask(Task):
     @classmethod
     def planned(cls, config: Config, profile: Profile) -> dict[str, tuple[object, str]]:
         """The images' own size up to `size_budget` (never upscaled); mild crops for tiny images (when the model
-        crops at all); no colour jitter for grey ones."""
+        crops at all); no colour jitter for grey ones; weights averaged over ~100 updates (EMA 0.99), evaluated
+        and saved: Fashion-MNIST's val accuracy after 5 epochs went from 0.85 to 0.925, without the dips of the
+        raw weights (BUILD.md); engine/plan.py drops it from short runs."""
         size = min(cls.size_budget, profile.shorter_side)
         found = {"image_size": (size, f"images {profile.height}x{profile.width} (median): " + (
             "their own size, not upscaled" if size == profile.shorter_side else f"the budget of {size} on a CPU"))}
@@ -51,6 +53,7 @@ class ClassificationTask(Task):
         if profile.grey:
             found["color_jitter"] = (0.0, "grey images: colour jitter means nothing")
             found["hue"] = (0.0, "grey images")
+        found["ema_decay"] = (0.99, "evaluate and save the weights averaged over ~100 optimizer updates")
         return found
 
     @classmethod
