@@ -1,6 +1,7 @@
 """Augmentation: geometry of images, masks and boxes on the generated shapes, soft labels, determinism,
 static shapes, RandAugment operations, previews."""
 
+import math
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import drawing, pipeline, preview
-from datasets.ops import decode, geometry, mixing, spatial
+from datasets.ops import decode, geometry, mixing, randaugment, spatial
 from datasets.ops.randaugment import NUM_OPS, operations
 from datasets.recipes import Augment, ClassificationRecipe, DetectionRecipe, SegmentationRecipe
 from datasets.sources import shapes
@@ -190,6 +191,22 @@ def test_randaugment_operations_keep_shape_and_are_identity_at_magnitude_zero():
     assert equalized.min() <= 25 and equalized.max() >= 230  # a 100-110 histogram spread over the range
     rotated = tf.switch_case(tf.constant(3), operations(image, tf.constant(1.0), tf.constant(1.0))).numpy()
     assert (rotated == 128).any(), "a 30 degree rotation brings in grey corners"
+
+
+def test_randaugment_resamples_like_the_projective_transform_and_smooths_like_avg_pool():
+    """The XLA-compilable affine and 3x3 mean (randaugment.py) against the TF ops they replace."""
+    image = tf.constant(np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype(np.float32))
+    centre = 40 / 2 - 0.5
+    angle = math.radians(20)
+    for a0, a1, a2, b0, b1, b2 in ([math.cos(angle), -math.sin(angle), 0.0, math.sin(angle), math.cos(angle), 0.0],
+                                   [1.0, 0.3, 0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 7.3, 0.0, 1.0, -3.6]):
+        ours = randaugment._affine(image, [tf.constant(v) for v in (a0, a1, a2, b0, b1, b2)])
+        transform = tf.constant([[a0, a1, a2 + centre - a0 * centre - a1 * centre,
+                                  b0, b1, b2 + centre - b0 * centre - b1 * centre, 0.0, 0.0]])
+        theirs = geometry.project(image[None], transform, 40, randaugment.FILL)[0]
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=0.02)
+    np.testing.assert_allclose(randaugment._smooth(image).numpy(),
+                               tf.nn.avg_pool2d(image[None], 3, 1, "SAME")[0].numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["classification", "segmentation", "detection"])

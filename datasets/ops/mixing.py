@@ -16,12 +16,19 @@ def beta(count: int, alpha: float, seed: tf.Tensor) -> tf.Tensor:
     return a / (a + b)
 
 
+@tf.function(jit_compile=True)
+def _blend_with_next(images: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+    """weight * image + (1 - weight) * the next image, uint8 [B, H, W, C]: one XLA-fused pass over the pixels
+    (casts, blend, rounding), which cost the unfused ops ~2x on this CPU."""
+    weight = weight[:, None, None, None]
+    mixed = tf.cast(images, tf.float32) * weight + tf.cast(tf.roll(images, -1, axis=0), tf.float32) * (1.0 - weight)
+    return tf.cast(mixed + 0.5, tf.uint8)
+
+
 def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """MixUp: lambda * example + (1 - lambda) * the next example, for images and soft labels [B, K]."""
     weight = beta(images.shape[0], alpha, seed)
-    mixed = (tf.cast(images, tf.float32) * weight[:, None, None, None]
-             + tf.cast(tf.roll(images, -1, axis=0), tf.float32) * (1.0 - weight[:, None, None, None]))
-    return (tf.cast(mixed + 0.5, tf.uint8),
+    return (_blend_with_next(images, weight),
             labels * weight[:, None] + tf.roll(labels, -1, axis=0) * (1.0 - weight[:, None]))
 
 
