@@ -175,6 +175,14 @@ flags.DEFINE_integer("benchmark_steps", DEFAULTS.benchmark_steps,
 flags.DEFINE_enum("checkpoint", DEFAULTS.checkpoint, CHOICES["checkpoint"],
                   "Which weights of --model_dir export, predict and serve use: best.keras or final.keras (with "
                   "--ema_decay both hold the averaged weights).")
+flags.DEFINE_integer("checkpoint_steps", DEFAULTS.checkpoint_steps,
+                     "Also back up the model and optimizer every N steps (default: at epoch ends only), so a kill "
+                     "loses at most N steps; a restart with the same --model_dir resumes at the step.")
+flags.DEFINE_integer("nan_retries", DEFAULTS.nan_retries,
+                     "Roll back to the last backup and go on this many times when the training loss is not "
+                     "finite; then stop with a message, keeping the last good backup.")
+flags.DEFINE_list("debug_nan_steps", DEFAULTS.debug_nan_steps,
+                  "Test hook: make the weights NaN before these optimizer steps (once each).")
 flags.DEFINE_list("formats", DEFAULTS.formats,
                   "--mode=export: any of saved_model, tflite_float32, tflite_float16, tflite_int8, onnx (default: "
                   "all). TFLite and ONNX need the export extra: pip install -e \".[export]\".")
@@ -214,6 +222,7 @@ def main(argv: list[str]) -> int:
     quiet.import_tensorflow_quietly()
     from datasets.sources.base import DataError  # these import TensorFlow: after the quiet import above
     from engine.config import FlagError, ParityError
+    from engine.recovery import NonFiniteLoss, Preempted
     from engine.run import run
 
     try:
@@ -221,6 +230,12 @@ def main(argv: list[str]) -> int:
     except (FlagError, DataError, ParityError) as error:  # bad flags or bad data: one clear line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except Preempted as error:  # the exit status of a process ended by SIGTERM, so schedulers restart it
+        print(f"[preempted] {error}", file=sys.stderr, flush=True)
+        return 143
     return 0
 
 

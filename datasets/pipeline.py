@@ -40,6 +40,7 @@ class PipelineConfig:
     cache_name: str = "train"  # distinguishes splits inside a disk cache directory
     map_parallelism: int = 0  # parallel calls of every map; 0: tf.data's autotuning
     prefetch_batches: int = -1  # batches prefetched at the end; -1: autotuned, 0: none
+    skip_steps: int = 0  # training: global steps' examples already trained on (a resumed run), skipped undecoded
 
 
 def dataset_options(deterministic: bool, prefetch: bool = True) -> tf.data.Options:
@@ -71,16 +72,24 @@ def _cache(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.I
 def _seeded(ds: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], config: PipelineConfig,
             context: tf.distribute.InputContext) -> tf.data.Dataset:
     """`ds` parsed (if `parse`) and mapped by `step` in one map, with a per-example stateless "seed" [2] added
-    between: random augmentation is a function of (run seed, position). One random number per example, zipped
-    in (a separate merge map and a batch(2) of the numbers cost a few percent of the plain pipeline's CPU)."""
-    pipeline_seed = config.seed * 1000 + context.input_pipeline_id
-    base, numbers = tf.constant(pipeline_seed, tf.int64), tf.data.Dataset.random(seed=pipeline_seed)
+    between: (pipeline seed, position in the stream), so random augmentation is a function of the run seed and
+    the position. A resumed run (`skip_steps`) skips its pipeline's share of the examples trained on, with
+    their positions, before they are read or decoded: the stream goes on where the backup was taken."""
+    base = tf.constant(config.seed * 1000 + context.input_pipeline_id, tf.int64)
 
-    def apply(element, number: tf.Tensor) -> dict:
+    def apply(element, position: tf.Tensor) -> dict:
         record = parse(element) if parse else element
-        return step({**record, "seed": tf.stack([base, number])})
+        return step({**record, "seed": tf.stack([base, position])})
 
-    return tf.data.Dataset.zip(ds, numbers).map(apply, num_parallel_calls=config.map_parallelism or tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(2**62))
+    if config.skip_steps:
+        ds = ds.skip(config.skip_steps * config.global_batch_size // context.num_input_pipelines)
+    return ds.map(apply, num_parallel_calls=config.map_parallelism or tf.data.AUTOTUNE)
+
+
+def _epochs(one_epoch: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
+    """Epoch after epoch of `one_epoch(epoch)`, each shuffled as a function of its index (`epoch_shuffle`)."""
+    return tf.data.Dataset.range(2**62).flat_map(one_epoch)
 
 
 def _keep(*keys: str) -> Callable[[dict], dict]:
@@ -102,22 +111,31 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
     batch_size = context.get_per_replica_batch_size(config.global_batch_size)
     cached = config.cache != "none"
     parallel = config.map_parallelism or tf.data.AUTOTUNE
-    ds, parse = split.stream(context, config.seed, shuffle=config.training and not cached, targets=recipe.targets)
     fixed, random = recipe.training_steps(cached) if config.training else ([recipe.preprocess()], [])
     # every encoded image is checked before it is decoded; elements are parsed inside the first map
     fixed, random = ([decode.check_encoded, *fixed], random) if fixed else ([], [decode.check_encoded, *random])
     keys = recipe.output_keys(config.training)
-    if fixed:
-        ds = ds.map(compose(*([parse] if parse else []), *fixed, _keep(*keys)), num_parallel_calls=parallel)
-        ds, parse = (_cache(ds, config, context) if cached else ds), None
+    shuffled = config.training and not cached  # a cache is shuffled after it, as it is read
+    _, parse = split.stream(context, config.seed, shuffled, recipe.targets)
+
+    def one_pass(epoch: tf.Tensor | None) -> tf.data.Dataset:
+        """The split once (in epoch `epoch`'s order when shuffled), through the deterministic steps."""
+        ds, _ = split.stream(context, config.seed, shuffled, recipe.targets, epoch if shuffled else None)
+        if not fixed:
+            return ds
+        return ds.map(compose(*([parse] if parse else []), *fixed, _keep(*keys)), num_parallel_calls=parallel)
+
     if not config.training:
-        ds = _pad_to_full_batches(ds, len(split), config, context)
+        ds = _pad_to_full_batches(one_pass(None), len(split), config, context)
         return ds.batch(batch_size, drop_remainder=True)
     if cached:
-        ds = shuffle_share(ds, len(split), recipe.cache_size(True) ** 2 * 3, context, config.seed)
+        stored, bytes_per_example = _cache(one_pass(None), config, context), recipe.cache_size(True) ** 2 * 3
+        ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed, epoch))
+    else:
+        ds = _epochs(one_pass)
+    parse = None if fixed else parse
     batch_step = recipe.batch_step(cached)  # None: nothing to do per batch, and no map for it
-    ds = _seeded(ds.repeat(), parse, compose(*random, _keep(*keys, *(["seed"] if batch_step else []))), config,
-                 context)
+    ds = _seeded(ds, parse, compose(*random, _keep(*keys, *(["seed"] if batch_step else []))), config, context)
     ds = ds.batch(recipe.batch_group * batch_size, drop_remainder=True)
     if batch_step:
         ds = ds.map(batch_step, num_parallel_calls=parallel)

@@ -13,7 +13,7 @@ import time
 import keras
 import numpy as np
 
-from engine import optim
+from engine import optim, recovery
 
 
 class InputClock:
@@ -103,7 +103,7 @@ class MetricDetails(keras.callbacks.Callback):
 
 class EMAWeights(keras.callbacks.SwapEMAWeights):
     """Keras' SwapEMAWeights(swap_on_epoch=True): after each epoch the model holds the averaged weights (for
-    validation, evaluators and checkpoints; place it after BackupAndRestore, which must save the raw ones), and
+    validation, evaluators and checkpoints; place it after the StepBackup, which must save the raw ones), and
     the raw ones again when the next epoch trains. `at_stop()`, placed after EarlyStopping, readies the
     averages for the end of `fit` when a run stops early (Keras does that only after the last planned epoch)."""
 
@@ -137,6 +137,12 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         return partial_path(super()._get_file_path(epoch, batch, logs))
 
     def _save_model(self, epoch, batch, logs):
+        if not recovery.all_finite(self.model):
+            print(f"[checkpoint] epoch {epoch + 1}: weights not finite, {self.filepath} not written", flush=True)
+            return
+        partial = partial_path(self.filepath)
+        if os.path.exists(partial):  # a run killed mid-write left it: never renamed into place
+            os.remove(partial)
         super()._save_model(epoch, batch, logs)
-        if os.path.exists(partial_path(self.filepath)):
-            os.replace(partial_path(self.filepath), self.filepath)
+        if os.path.exists(partial):  # written now (the epoch was a new best)
+            os.replace(partial, self.filepath)

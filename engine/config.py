@@ -106,6 +106,9 @@ class Config:
     profile_steps: str = ""
     benchmark_steps: int = 30
     checkpoint: str = "best"
+    checkpoint_steps: int = 0  # 0: back up at epoch ends only
+    nan_retries: int = 3
+    debug_nan_steps: list[str] = dataclasses.field(default_factory=list)  # test hook: optimizer steps made NaN
     formats: list[str] = dataclasses.field(default_factory=list)  # []: every format of EXPORT_FORMATS
     parity_images: int = 64
     calibration_images: int = 200
@@ -129,6 +132,11 @@ class Config:
             raise FlagError(f"--min_crop_area={self.min_crop_area} must be in (0, 1]")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise FlagError(f"--ema_decay={self.ema_decay} must be in [0, 1): 0 is off, 0.999 a common value")
+        if self.checkpoint_steps < 0 or self.checkpoint_steps % self.grad_accum_steps:
+            raise FlagError(f"--checkpoint_steps={self.checkpoint_steps} must be 0 (epoch ends only) or a positive "
+                            f"multiple of --grad_accum_steps={self.grad_accum_steps}")
+        if self.nan_retries < 0:
+            raise FlagError(f"--nan_retries={self.nan_retries} must be at least 0")
         if self.backbone_lr_scale <= 0:
             raise FlagError(f"--backbone_lr_scale={self.backbone_lr_scale} must be positive (--freeze_epochs "
                             "freezes the backbone)")

@@ -3,7 +3,7 @@
 
 Weights are matched by variable path (`layer/variable`, e.g. `stage1_a_conv/kernel`) and shape, so a model
 with another class count, or a detector or segmenter trained on other data, seeds everything but its
-class-dependent layers. A run's phases each keep their own BackupAndRestore directory (the last one's is
+class-dependent layers. A run's phases each keep their own backup directory (the last one's is
 `backup/`), so a restarted run resumes in the phase it was killed in.
 """
 
@@ -133,12 +133,12 @@ def phases(config: Config, epochs: int) -> list[Phase]:
 
 
 def backup_dir(run_backup: str, phase: Phase, last: bool) -> str:
-    """The phase's BackupAndRestore directory under a worker's `run_backup` (`backup`, the last phase's)."""
+    """The phase's backup directory under a worker's `run_backup` (`backup`, the last phase's)."""
     return run_backup if last else f"{run_backup}_{phase.name}"
 
 
 def completed_epochs(backup: str) -> int:
-    """Epochs of the run that a BackupAndRestore directory says are done (0 when it holds none)."""
+    """Epochs of the run that a backup directory (engine/recovery.py) says are done (0 when it holds none)."""
     for name in ("training_metadata.json", "training_metadata.json.bkp"):
         try:
             with open(os.path.join(backup, name)) as f:

@@ -1,7 +1,8 @@
 """Training: the model built and compiled under the strategy, the callbacks, `Model.fit`, and summary.json.
 
 One path for every task, strategy, precision and XLA setting. A restart with the same run directory resumes
-from Keras' BackupAndRestore state and keeps the best checkpoint and history of the earlier run.
+from its backup (engine/recovery.py: at the step, the data stream where it was) and keeps the best
+checkpoint and history of the earlier run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import keras
 
 from engine import callbacks as engine_callbacks
-from engine import devices, evaluate, finetune, optim, report
+from engine import devices, evaluate, finetune, optim, recovery, report
 from engine.config import FlagError, profile_batches
 from engine.data_tools import preview
 from engine.job import Job
@@ -90,15 +91,21 @@ def _backup_root(job: Job) -> str:
 
 
 def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate: bool, backup_dir: str,
-               stopper: keras.callbacks.EarlyStopping | None) -> list[keras.callbacks.Callback]:
-    """In order: throughput first (it adds to the logs the others read); the backup of the raw weights before
-    --ema_decay's averages replace them for the evaluators, early stopping and the checkpoints."""
-    ema = engine_callbacks.EMAWeights() if job.config.ema_decay else None
+               stopper: keras.callbacks.EarlyStopping | None, first_epoch: int, first_step: int
+               ) -> list[keras.callbacks.Callback]:
+    """In order: throughput first (it adds to the logs the others read); the NaN guard before the backup (no
+    non-finite state is backed up), SIGTERM after it; the backup of the raw weights before --ema_decay's
+    averages replace them for the evaluators, early stopping and the checkpoints."""
+    config = job.config
+    ema = engine_callbacks.EMAWeights() if config.ema_decay else None
+    backup = recovery.StepBackup(backup_dir, config.checkpoint_steps, first_epoch, first_step)
     result = [
         throughput,
         engine_callbacks.MetricDetails(),  # per-class values of metrics that have them
-        keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch", double_checkpoint=True,
-                                         delete_checkpoint=False),
+        *([recovery.PlantedNaN([int(step) for step in config.debug_nan_steps])] if config.debug_nan_steps else []),
+        recovery.NonFiniteGuard(backup, config.nan_retries),
+        backup,
+        recovery.TerminationHandler(backup),
         *([ema] if ema else []),
         *(evaluate.evaluators(job) if validate else []),  # metrics computed outside the graph (detection mAP)
         *([stopper] if stopper else []),  # every worker sees the same all-reduced logs, so all stop together
@@ -118,6 +125,22 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
                                     update_freq="epoch", profile_batch=profile_batches(job.config.profile_steps)),
     ]
     return result
+
+
+def _spans(job: Job, model: keras.Model, phase: finetune.Phase, backup_dir: str) -> list[tuple[int, int, int]]:
+    """The fits (first epoch, end epoch, steps of the first epoch already done) that train what remains of
+    `phase`: restored from its backup if there is one, the rest of an interrupted epoch first."""
+    if not recovery.has_backup(backup_dir):
+        return [(phase.first_epoch, phase.end_epoch, 0)]
+    recovery.restore(model, backup_dir)
+    at = recovery.position(model, phase.first_epoch, job.steps.steps_per_epoch, job.config.grad_accum_steps)
+    if at.epoch >= phase.end_epoch:
+        return []
+    if at.steps:
+        print(f"[resume] epoch {at.epoch + 1} step {at.step} ({at.steps} steps of this phase done, optimizer step "
+              f"{int(model.optimizer.iterations.numpy())}): the data stream skips their examples", flush=True)
+    rest = [(at.epoch + 1, phase.end_epoch, 0)] if at.epoch + 1 < phase.end_epoch else []
+    return [(at.epoch, at.epoch + 1, at.step)] + rest if at.step else [(at.epoch, phase.end_epoch, 0)]
 
 
 def train(job: Job, model: keras.Model, started: float) -> dict:
@@ -148,16 +171,19 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
                   "weight tensors", flush=True)
         stopper = keras.callbacks.EarlyStopping(job.task.best_metric, patience=config.patience, mode="max",
                                                 verbose=1) if validate and config.patience else None
-        model._initial_epoch = None  # Keras keeps the epoch an earlier fit's BackupAndRestore restored
-        with evaluate.quiet_end_of_evaluation():
-            model.fit(
-                job.dataset(training=True, on_ready=throughput.clock.note if throughput.clock else None),
-                initial_epoch=phase.first_epoch, epochs=phase.end_epoch, steps_per_epoch=job.steps.steps_per_epoch,
-                # No validation_steps: the evaluation dataset ends after one pass (see pipeline.batches).
-                validation_data=job.dataset(training=False) if validate else None,
-                callbacks=_callbacks(job, throughput, validate, backups[index], stopper),
-                verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
-            )
+        for first_epoch, end_epoch, first_step in _spans(job, model, phase, backups[index]):
+            with evaluate.quiet_end_of_evaluation():
+                model.fit(
+                    job.dataset(training=True, on_ready=throughput.clock.note if throughput.clock else None,
+                                skip_steps=(first_epoch - phase.first_epoch) * job.steps.steps_per_epoch + first_step),
+                    initial_epoch=first_epoch, epochs=end_epoch, steps_per_epoch=job.steps.steps_per_epoch - first_step,
+                    # No validation_steps: the evaluation dataset ends after one pass (see pipeline.batches).
+                    validation_data=job.dataset(training=False) if validate else None,
+                    callbacks=_callbacks(job, throughput, validate, backups[index], stopper, first_epoch, first_step),
+                    verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
+                )
+            if model.stop_training:
+                break
         if stopper and stopper.stopped_epoch:
             stopped.append(f"{f'{phase.name} phase ' if len(phases) > 1 else ''}after epoch "
                            f"{stopper.stopped_epoch + 1}: no new best {job.task.best_metric} in {config.patience} epochs")
@@ -176,6 +202,9 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
         **{k: resolved[k] for k in ("strategy", "replicas", "precision", "jit_compile", "device_kind", "num_train",
                                     "num_val")},
     }
+    if not recovery.all_finite(model):
+        raise recovery.NonFiniteLoss("the trained weights are not finite: final.keras not written; the last good "
+                                     f"backup is in {backups[-1]}")
     if job.is_chief:
         if validate:
             evaluate.write_overlays(job, model)

@@ -4,7 +4,7 @@
 
 Run directory (`--model_dir`), written by the chief:
     config.json        the flags (with the task's defaults) and what was resolved: strategy, numerics, data
-    backup/            Keras BackupAndRestore state (weights, optimizer, epoch), written every epoch
+    backup/            weights, optimizer and position (engine/recovery.py), every epoch and --checkpoint_steps
     backup_frozen/     the same for the epochs with the backbone frozen (--freeze_epochs)
     best.keras         the model with the best validation metric so far
     final.keras        the model at the end of training
@@ -81,20 +81,22 @@ class Job:
         """Replicas in sync."""
         return self.strategy.num_replicas_in_sync
 
-    def pipeline_config(self, training: bool) -> pipeline.PipelineConfig:
-        """How the run reads its training (or evaluation) split."""
+    def pipeline_config(self, training: bool, skip_steps: int = 0) -> pipeline.PipelineConfig:
+        """How the run reads its training (or evaluation) split; training skips `skip_steps` steps' examples."""
         config = self.config
         return pipeline.PipelineConfig(
             recipe=self.task.recipe(training), global_batch_size=config.batch_size, training=training,
             seed=config.seed, deterministic=config.deterministic, cache=config.cache,
             cache_name="train" if training else "val", map_parallelism=config.map_parallelism,
-            prefetch_batches=config.prefetch_batches)
+            prefetch_batches=config.prefetch_batches, skip_steps=skip_steps)
 
-    def dataset(self, training: bool, on_ready=None) -> tf.distribute.DistributedDataset:
+    def dataset(self, training: bool, on_ready=None, skip_steps: int = 0) -> tf.distribute.DistributedDataset:
         """The training (or validation) split as the task's model inputs, one input pipeline per worker, batches
-        split over replicas; `on_ready` (the input clock's) is called as each batch is done."""
+        split over replicas; `on_ready` (the input clock's) is called as each batch is done; training begins
+        after the examples of `skip_steps` steps (a resumed run)."""
         split = self.train_split if training else self.val_split
-        input_fn = pipeline.make_input_fn(split, self.pipeline_config(training), self.task.model_io, on_ready)
+        input_fn = pipeline.make_input_fn(split, self.pipeline_config(training, skip_steps), self.task.model_io,
+                                          on_ready)
         return self.strategy.distribute_datasets_from_function(input_fn)
 
     def resolved(self) -> dict:

@@ -229,9 +229,11 @@ def test_preview_draws_masks_and_boxes(tiny_shapes, tmp_path, kind):
             (0, f"{names[0]} 0.62"), (2, f"+ {names[2]} 0.38")]
     elif kind == "detection":  # boxes (and their name bands) in their class colours
         assert picture.shape == grid
-        b, i = np.argwhere(batch["classes"] >= 0)[0]
-        x0, y0 = np.round(batch["boxes"][b, i, :2] * 3).astype(int)
-        np.testing.assert_array_equal(drawn[b, y0, x0], drawing.colour(batch["classes"][b, i]))
+        corners = [(b, i, *np.round(batch["boxes"][b, i, :2] * 3).astype(int))
+                   for b, i in np.argwhere(batch["classes"] >= 0)]
+        in_colour = [np.array_equal(drawn[b, y0, x0], drawing.colour(batch["classes"][b, i]))
+                     for b, i, x0, y0 in corners]
+        assert sum(in_colour) >= len(corners) / 2, "most box corners in their class colour (others overlap)"
     else:  # masks tinted, one legend of their classes below the grid
         assert picture.shape[1] == grid[1] and picture.shape[0] > grid[0]
         labelled = (batch["mask"][..., 0] > 0) & (batch["mask"][..., 0] != 255)

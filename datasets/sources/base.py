@@ -52,10 +52,11 @@ class Split(Protocol):
     def __len__(self) -> int: ...
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share as stored (paths, serialized records) and the function making
         each element a record: the training pipeline runs it inside its own first map (a map of its own cost
-        a few percent of the plain pipeline's CPU)."""
+        a few percent of the plain pipeline's CPU). With `epoch` (training), the order is a function of
+        (seed, epoch) alone (`epoch_shuffle`)."""
 
     def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                 targets: Targets = Targets()) -> tf.data.Dataset:
@@ -105,7 +106,7 @@ class Examples(Streamed):
         return len(self.paths)
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's files (paths, read by the parse function): a seeded order shared by all
         pipelines, then a disjoint shard, reshuffled every epoch (a full shuffle: the buffer holds only paths
         and labels)."""
@@ -125,7 +126,7 @@ class Examples(Streamed):
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
-            ds = ds.shuffle(len(self), seed=seed + context.input_pipeline_id, reshuffle_each_iteration=True)
+            ds = epoch_shuffle(ds, len(self), seed, context, epoch)
         return ds, _read_files
 
     def padded_boxes(self, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -197,10 +198,27 @@ def shard_warning(num_items: int, what: str, pipelines: int) -> None:
                     "write at least %d shards for file-level sharding", num_items, what, pipelines, pipelines)
 
 
+def epoch_shuffle(ds: tf.data.Dataset, buffer_size: int, seed: int, context: tf.distribute.InputContext,
+                  epoch: tf.Tensor | None) -> tf.data.Dataset:
+    """`ds` shuffled through `buffer_size` elements. With `epoch` (a tensor: inside the pipeline's loop over
+    epochs) in an order that is a function of (seed, epoch, pipeline) alone, so that a resumed run sees the
+    order an uninterrupted one saw: tf.data's reshuffle_each_iteration instead advances with every iterator
+    made of the dataset, and Keras makes one more than it reads. Without `epoch`, reshuffled every iteration."""
+    if epoch is None:
+        return ds.shuffle(buffer_size, seed=seed + context.input_pipeline_id, reshuffle_each_iteration=True)
+    # The shuffle op itself: Dataset.shuffle cannot take a tensor seed while TensorFlow's global seed is 0.
+    specs = tf.nest.flatten(ds.element_spec)
+    shuffled = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(ds), buffer_size=tf.constant(buffer_size, tf.int64),
+        seed=tf.cast(epoch, tf.int64) * 1_000_003 + seed, seed2=tf.constant(context.input_pipeline_id + 1, tf.int64),
+        seed_generator=tf.raw_ops.DummySeedGenerator(), output_types=[spec.dtype for spec in specs],
+        output_shapes=[spec.shape for spec in specs], reshuffle_each_iteration=False)
+    return tf.data.experimental.from_variant(shuffled, ds.element_spec)
+
+
 def shuffle_share(ds: tf.data.Dataset, num_examples: int, bytes_per_example: int,
-                  context: tf.distribute.InputContext, seed: int) -> tf.data.Dataset:
-    """Reshuffles this pipeline's share of `num_examples` every epoch, through a buffer holding the whole
-    share or as much of it as the memory budget allows (`budget.shuffle_buffer_size`)."""
+                  context: tf.distribute.InputContext, seed: int, epoch: tf.Tensor | None = None) -> tf.data.Dataset:
+    """Shuffles this pipeline's share of `num_examples` (every epoch: `epoch_shuffle`) through a buffer holding
+    the whole share or as much of it as the memory budget allows (`budget.shuffle_buffer_size`)."""
     share = -(-num_examples // context.num_input_pipelines)
-    return ds.shuffle(shuffle_buffer_size(share, bytes_per_example), seed=seed + context.input_pipeline_id,
-                      reshuffle_each_iteration=True)
+    return epoch_shuffle(ds, shuffle_buffer_size(share, bytes_per_example), seed, context, epoch)

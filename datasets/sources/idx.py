@@ -57,7 +57,7 @@ class ArraySplit(Streamed):
         return len(self.labels)
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share (every n-th example), reshuffled every epoch when training: records
         already."""
         targets.require_none("IDX data")
@@ -68,7 +68,7 @@ class ArraySplit(Streamed):
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
-            ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed)
+            ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed, epoch)
         return ds, None
 
     def most_boxes(self) -> int:

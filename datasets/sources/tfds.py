@@ -29,7 +29,7 @@ class TFDSSplit(Streamed):
         return self.num_examples
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share: TFDS file-level sharding when training over enough files,
         else every pipeline reads all files in order and keeps every n-th example."""
         targets.require_none("TFDS data")
@@ -46,7 +46,7 @@ class TFDSSplit(Streamed):
         if pipelines > 1 and not by_file:
             ds = ds.shard(pipelines, context.input_pipeline_id)
         if shuffle:
-            ds = shuffle_share(ds, self.num_examples, self.bytes_per_example, context, seed)
+            ds = shuffle_share(ds, self.num_examples, self.bytes_per_example, context, seed, epoch)
         return ds, lambda r: {"encoded": r["image"], "label": tf.cast(r["label"], tf.int32), "id": r["tfds_id"]}
 
     def most_boxes(self) -> int:

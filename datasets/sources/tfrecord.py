@@ -26,7 +26,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import DataError, Parse, Source, Streamed, Targets, shard_warning, shuffle_share
+from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, epoch_shuffle, shard_warning,
+                                   shuffle_share)
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -55,7 +56,7 @@ class TFRecordSplit(Streamed):
         return int(sum(self.counts))
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share, serialized: whole shards per pipeline when there are enough of them (and
         training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
         missing = Targets(masks=targets.masks and not self.has_masks,
@@ -72,14 +73,14 @@ class TFRecordSplit(Streamed):
             shard_warning(len(files), "TFRecord shards", pipelines)
         ds = tf.data.Dataset.from_tensor_slices(files)
         if shuffle:
-            ds = ds.shuffle(len(files), seed=seed + pipeline_id, reshuffle_each_iteration=True)
+            ds = epoch_shuffle(ds, len(files), seed, context, epoch)
         example_sharded = pipelines > 1 and not by_file  # needs the same record order in every pipeline
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True if example_sharded else None)
         if example_sharded:
             ds = ds.shard(pipelines, pipeline_id)
         if shuffle:
-            ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed)
+            ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed, epoch)
         return ds, lambda record: _parse(record, targets)
 
     def most_boxes(self) -> int:
