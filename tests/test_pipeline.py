@@ -194,3 +194,18 @@ def test_batches_are_graph_only_and_the_tf_data_service_serves_them_unchanged(ti
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     worker.stop()
     dispatcher.stop()
+
+
+@pytest.mark.parametrize("task, size", [("classification", 32), ("segmentation", 32), ("detection", 64)])
+def test_every_tasks_model_inputs_have_fully_static_shapes(tiny_shapes, tmp_path, task, size):
+    """What a TPU (and XLA) compiles: every tensor the model gets, in training and evaluation, has a fully known
+    shape, batch dimension included, under the run's own strategy and per-replica batching."""
+    from engine.config import Config
+    from engine.job import prepare
+
+    job = prepare(Config(task=task, dataset=f"shapes:{tiny_shapes}", image_size=size, batch_size=8, epochs=1,
+                         strategy="one_device", mode="train", model_dir=str(tmp_path), preview_batches=0))
+    for training in (True, False):
+        specs = tf.nest.flatten(job.dataset(training).element_spec)
+        assert specs and all(spec.shape.is_fully_defined() for spec in specs), (training, specs)
+        assert all(spec.shape[0] == 8 for spec in specs), (training, specs)
