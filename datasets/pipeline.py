@@ -125,11 +125,12 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
             return ds
         return ds.map(compose(*([parse] if parse else []), *fixed, _keep(*keys)), num_parallel_calls=parallel)
 
+    stored = _cache(one_pass(None), config, context) if cached else None  # train and val alike
     if not config.training:
-        ds = _pad_to_full_batches(one_pass(None), len(split), config, context)
+        ds = _pad_to_full_batches(stored if cached else one_pass(None), len(split), config, context)
         return ds.batch(batch_size, drop_remainder=True)
     if cached:
-        stored, bytes_per_example = _cache(one_pass(None), config, context), recipe.cache_size(True) ** 2 * 3
+        bytes_per_example = recipe.cache_size(True) ** 2 * 3
         ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed, epoch))
     else:
         ds = _epochs(one_pass)
