@@ -93,6 +93,10 @@ flags.DEFINE_float("ema_decay", DEFAULTS.ema_decay,
                    "Keep an exponential moving average of the weights with this decay (e.g. 0.999); evaluation and "
                    "the saved models use it. 0: off. Default: the task's (classification: 0.99 when the run has "
                    "at least 1000 optimizer updates).")
+flags.DEFINE_bool("dct_decode", DEFAULTS.dct_decode,
+                  "Training decodes JPEGs much larger than the input at a DCT scale (1/2, 1/4, 1/8). Default: "
+                  "planned, on when a sampled training image is at least twice the input size. Evaluation and "
+                  "serving always may.")
 flags.DEFINE_integer("grad_accum_steps", DEFAULTS.grad_accum_steps,
                      "Average the gradients of this many batches per optimizer update (effective batch "
                      "--batch_size x this; one replica only).")

@@ -23,7 +23,8 @@ Variants:
                   decode_and_crop_jpeg, resize, random flip, float32 / 255 (parallel, not deterministic), batch,
                   prefetch: nothing else
   folder          this project's pipeline on the folder: Inception random-resized crop (area 8-100%) fused
-                  with decoding (decode_and_crop_jpeg)
+                  with decoding (decode_and_crop_jpeg); DCT-scaled decoding as the engine plans it (`--dct_decode`:
+                  off for these ~400 px files at 224, as for every folder row)
   folder_mild     the same with the engine's default crop area for small images (50-100%)
   folder_jitter   `folder` with the small models' default colour jitter (brightness, contrast, saturation 0.2)
   tfrecord        `folder` on TFRecord shards written by the converter
@@ -196,17 +197,15 @@ def large_pixels(count: int = 32) -> dict:
     from datasets.ops import decode, spatial
 
     paths = _large_split().paths[:count]
-    steps = {"resize_224": lambda: decode.decode_resize(224),
-             "letterbox_640": lambda: compose_letterbox(decode, spatial)}
+    steps = {"resize_224": lambda ratios: decode.decode_resize(224, ratios),
+             "letterbox_640": lambda ratios: compose_letterbox(decode, spatial, ratios)}
     result = {"variant": "large_pixels"}
     for name, make in steps.items():
         scaled, full, exact = [], [], []
         for path in paths:
             example = {"encoded": tf.io.read_file(path), "id": tf.constant(path)}
-            scaled.append(make()(example)["image"].numpy().astype(np.float32))
-            decode.DCT_RATIOS, kept = (), decode.DCT_RATIOS
-            full.append(make()(example)["image"].numpy().astype(np.float32))
-            decode.DCT_RATIOS = kept
+            scaled.append(make(decode.DCT_RATIOS)(example)["image"].numpy().astype(np.float32))
+            full.append(make(())(example)["image"].numpy().astype(np.float32))
             pixels = tf.io.decode_jpeg(example["encoded"], channels=3)
             if name == "resize_224":
                 exact.append(tf.image.resize(pixels, [224, 224], antialias=True).numpy())
@@ -224,11 +223,23 @@ def large_pixels(count: int = 32) -> dict:
     return result
 
 
-def compose_letterbox(decode, spatial):
+def compose_letterbox(decode, spatial, dct_ratios):
     """The detection recipe's letterbox to 640 (decode at the size it needs, then letterbox)."""
     from datasets.recipes import compose
 
-    return compose(decode.decode_for_size(640), spatial.letterbox(640, 255))
+    return compose(decode.decode_for_size(640, dct_ratios=dct_ratios), spatial.letterbox(640, 255))
+
+
+def _as_planned(recipe, split):
+    """`recipe` with the JPEG DCT scales the engine's plan gives training on `split` (`--dct_decode` unset)."""
+    import dataclasses
+
+    from datasets import profile
+    from datasets.ops import decode
+    from engine import plan
+
+    scaled, _ = plan.dct_decode(profile.measure(split), recipe.image_size)
+    return dataclasses.replace(recipe, dct_ratios=decode.DCT_RATIOS if scaled else ())
 
 
 def _labelled_split():
@@ -285,8 +296,10 @@ def _iterator(variant: str):
     folder = folder_source.folder_source(FLAGS.data, val_fraction=0.01, seed=0)
     rescale = lambda b: {**b, "image": tf.cast(b["image"], tf.float32) / 255.0}  # noqa: E731
     if variant in ("cls_randaugment_mixup", "segmentation", "detection_mosaic"):
-        config = pipeline.PipelineConfig(_dense_variants(size)[variant], global_batch_size=batch, training=True)
-        return iter(pipeline.build_dataset(_labelled_split(), config).map(rescale))
+        split = _labelled_split()
+        config = pipeline.PipelineConfig(_as_planned(_dense_variants(size)[variant], split), global_batch_size=batch,
+                                         training=True)
+        return iter(pipeline.build_dataset(split, config).map(rescale))
     if variant in ("folder", "folder_mild", "folder_jitter", "tfrecord", "cache"):
         split = folder.splits["train"]
         if variant == "tfrecord":
@@ -297,8 +310,8 @@ def _iterator(variant: str):
         jitter = 0.2 if variant == "folder_jitter" else 0.0
         crop = Augment(crop_scale=(0.5, 1.0) if variant == "folder_mild" else (0.08, 1.0), brightness=jitter,
                        contrast=jitter, saturation=jitter)
-        config = pipeline.PipelineConfig(ClassificationRecipe(size, crop), global_batch_size=batch, training=True,
-                                         cache="memory" if variant == "cache" else "none")
+        config = pipeline.PipelineConfig(_as_planned(ClassificationRecipe(size, crop), split), global_batch_size=batch,
+                                         training=True, cache="memory" if variant == "cache" else "none")
         ds = pipeline.build_dataset(split, config).map(rescale)
         if variant == "cache":  # fill the cache: one full epoch before timing
             ds = ds.skip(len(split) // batch)
@@ -307,13 +320,13 @@ def _iterator(variant: str):
         from datasets.ops import decode
         from datasets.recipes import DetectionRecipe
 
-        if variant.endswith("_fullscale"):
-            decode.DCT_RATIOS = ()
+        ratios = () if variant.endswith("_fullscale") else decode.DCT_RATIOS
         if variant.startswith("large_crop"):
-            config = pipeline.PipelineConfig(ClassificationRecipe(size, Augment(crop_scale=(0.08, 1.0))),
-                                             global_batch_size=batch, training=True)
+            recipe = ClassificationRecipe(size, Augment(crop_scale=(0.08, 1.0)), ratios)
+            config = pipeline.PipelineConfig(recipe, global_batch_size=batch, training=True)
             return iter(pipeline.build_dataset(_large_split(), config))
-        config = pipeline.PipelineConfig(DetectionRecipe(640), global_batch_size=batch, training=False)
+        config = pipeline.PipelineConfig(DetectionRecipe(640, dct_ratios=ratios), global_batch_size=batch,
+                                         training=False)
         return iter(pipeline.build_dataset(_large_split(), config).repeat())
     if variant == "reference":
         return iter(_reference(folder.splits["train"].paths, folder.splits["train"].labels, size, batch))

@@ -32,6 +32,7 @@ class Profile:
     grey: bool  # every sampled image has R = G = B
     smallest_object: float | None = None  # fraction of the image's longer side; None without labelled objects
     smallest_class: str | None = None  # the class whose objects are that small
+    largest_side: int | None = None  # the largest longer side in the sample, pixels; None: not measured
 
     @property
     def shorter_side(self) -> int:
@@ -99,4 +100,4 @@ def measure(split: Split, targets: Targets = Targets(), class_names: list[str] |
     heights, widths = (np.asarray(v) for v in zip(*shapes))
     smallest, name = _smallest(sizes, class_names or [])
     return Profile(len(split), len(shapes), int(np.median(heights)), int(np.median(widths)),
-                   bool(grey) and all(grey), smallest, name)
+                   bool(grey) and all(grey), smallest, name, int(max(heights.max(), widths.max())))

@@ -97,6 +97,7 @@ class Recipe(abc.ABC):
 
     image_size: int
     augment: Augment
+    dct_ratios: tuple[int, ...]  # the JPEG DCT scales decoding may use (`decode.DCT_RATIOS`); () full scale only
     batch_group = 1  # training batches augmented together (Mosaic draws tiles from four)
 
     @property
@@ -136,6 +137,7 @@ class ClassificationRecipe(Recipe):
 
     image_size: int
     augment: Augment = Augment()
+    dct_ratios: tuple[int, ...] = decode.DCT_RATIOS
 
     @property
     def targets(self) -> Targets:
@@ -146,7 +148,7 @@ class ClassificationRecipe(Recipe):
 
     def preprocess(self) -> ExampleFn:
         """The whole image resized to image_size x image_size."""
-        return decode.decode_resize(self.image_size)
+        return decode.decode_resize(self.image_size, self.dct_ratios)
 
     def cache_size(self, training: bool) -> int:
         """Training crops come from cached images 8/7 larger (as "resize 256, crop 224"), so that a crop of
@@ -161,12 +163,12 @@ class ClassificationRecipe(Recipe):
         if augment.randaugment_ops:
             after_crop.append(randaugment(augment.randaugment_ops, augment.randaugment_magnitude))
         if augment.crop_scale[0] >= 1.0:  # whole images: decoded and resized once, cached at the input size
-            whole = decode.decode_resize(self.image_size)
+            whole = decode.decode_resize(self.image_size, self.dct_ratios)
             return ([whole], after_crop) if cached else ([], [whole, *after_crop])
         if cached:
-            return ([decode.decode_resize(self.cache_size(True))],
+            return ([decode.decode_resize(self.cache_size(True), self.dct_ratios)],
                     [decode.random_resized_crop(self.image_size, augment.crop_scale), *after_crop])
-        return [], [decode.decode_random_crop(self.image_size, augment.crop_scale), *after_crop]
+        return [], [decode.decode_random_crop(self.image_size, augment.crop_scale, self.dct_ratios), *after_crop]
 
     def batch_step(self, cached: bool) -> Callable[[dict], dict] | None:
         """Colour jitter, then MixUp/CutMix with soft labels."""
@@ -195,6 +197,7 @@ class SegmentationRecipe(Recipe):
     augment: Augment = Augment()
     ignore_value: int = 255
     num_classes: int = 256
+    dct_ratios: tuple[int, ...] = decode.DCT_RATIOS
 
     @property
     def targets(self) -> Targets:
@@ -209,7 +212,7 @@ class SegmentationRecipe(Recipe):
 
     def _letterboxed(self, move: Callable[[dict], tf.Tensor] | None = None) -> list[ExampleFn]:
         """Decoding (mask checked) and the letterbox, with `move` in the same resampling if given."""
-        return [decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value),
+        return [decode.decode_for_size(self.image_size, self.num_classes, self.ignore_value, self.dct_ratios),
                 spatial.letterbox(self.image_size, self.ignore_value, move)]
 
     def _move(self) -> Callable[[dict], tf.Tensor]:
@@ -245,6 +248,7 @@ class DetectionRecipe(Recipe):
     image_size: int
     augment: Augment = Augment()
     max_boxes: int = 100
+    dct_ratios: tuple[int, ...] = decode.DCT_RATIOS
 
     @property
     def targets(self) -> Targets:
@@ -268,7 +272,7 @@ class DetectionRecipe(Recipe):
         return self._letterboxed(self.image_size)
 
     def _letterboxed(self, size: int) -> ExampleFn:
-        return compose(decode.decode_for_size(size), spatial.letterbox(size, 255))
+        return compose(decode.decode_for_size(size, dct_ratios=self.dct_ratios), spatial.letterbox(size, 255))
 
     def cache_size(self, training: bool) -> int:
         return self.image_size // 2 if training and self._tiles_only else self.image_size

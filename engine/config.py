@@ -71,6 +71,7 @@ class Config:
     lr_schedule: str = "cosine"
     warmup_epochs: float = 1.0
     ema_decay: float | None = None  # None: planned (engine/plan.py:ema_decay)
+    dct_decode: bool | None = None  # None: planned (engine/plan.py:dct_decode)
     grad_accum_steps: int = 1
     precision: str = "auto"
     jit_compile: str = "auto"

@@ -164,7 +164,7 @@ def prepare(config: Config) -> Job:
     config = dataclasses.replace(config, model=config.model or task_class.default_model)
     config = dataclasses.replace(config, model_dir=_model_dir(config))
     strategy, device = devices.build_strategy(config.strategy, config.cpu_replicas, config.tpu)
-    keras_patches.patch_for(strategy)
+    keras_patches.patch_for(strategy, config.steps_per_execution)
     numerics = precision.resolve(config.precision, config.jit_compile, device, config.model)
     if numerics.jit_compile and device.kind == "CPU" and strategy.num_replicas_in_sync > 1:
         # XLA's CPU backend compiles for one CPU device: a step on the second virtual CPU reads variables of

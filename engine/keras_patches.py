@@ -7,6 +7,12 @@ keras-team/keras#20585, `Model.fit` under `MultiWorkerMirroredStrategy` (Keras 3
 2. the step reduces its scalar logs with `strategy.reduce("MEAN", v, axis=0)`, which fails on scalars
    ("Invalid reduction dimension 0 for input with 0 dimensions"); a cross-replica mean is `axis=None`.
 tests/test_multi_worker.py fails without these.
+
+keras-team/keras#19246, `steps_per_execution > 1` under `MirroredStrategy` (and multi-worker): Keras' multi-step
+loop runs each step inside a `tf.cond` (to stop at the end of the data), and a step whose replicas merge (the
+optimizer's all-reduce) fails there ("You must feed a value for placeholder tensor"). The replacement runs the
+steps in a `tf.while_loop` whose condition checks for the next batch, with no `tf.cond` around a step.
+tests/test_train.py fails without it.
 """
 
 from __future__ import annotations
@@ -38,8 +44,42 @@ def _reduce_per_replica(values, strategy, reduction="auto"):
     return _keras_reduce_per_replica(values, strategy, reduction)
 
 
-def patch_for(strategy: tf.distribute.Strategy) -> None:
-    """Applies the work-arounds that `strategy` needs (currently only multi-worker ones)."""
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+_keras_make_function = keras_tf_trainer.TensorFlowTrainer._make_function
+
+
+def _make_multi_step_function(self, step_function):
+    """Keras' train/test function for `steps_per_execution` > 1: up to that many steps per call, the next batch
+    fetched as an optional and checked by the loop's condition, not by a `tf.cond` around the step."""
+    if self.steps_per_execution == 1:
+        return _keras_make_function(self, step_function)
+    steps = self.steps_per_execution
+
+    @tf.function(reduce_retracing=True, jit_compile=self.jit_compile)
+    def one_step_on_data(data):
+        outputs = self.distribute_strategy.run(step_function, args=(data,))
+        return keras_tf_trainer.reduce_per_replica(outputs, self.distribute_strategy, reduction="auto")
+
+    @tf.function(reduce_retracing=True)
+    def multi_step_on_iterator(iterator):
+        first = one_step_on_data(iterator.get_next())  # at the end of the data: OutOfRange, the epoch's end
+
+        def body(step, outputs, next_inputs):
+            outputs = one_step_on_data(next_inputs.get_value())
+            next_inputs = tf.cond(step + 1 < steps, iterator.get_next_as_optional, lambda: next_inputs)
+            return step + 1, outputs, next_inputs
+
+        _, outputs, _ = tf.while_loop(lambda step, _, next_inputs: (step < steps) & next_inputs.has_value(), body,
+                                      (tf.constant(1), first, iterator.get_next_as_optional()))
+        return outputs
+
+    return multi_step_on_iterator
+
+
+def patch_for(strategy: tf.distribute.Strategy, steps_per_execution: int = 1) -> None:
+    """Applies the work-arounds that `strategy` with `steps_per_execution` needs."""
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker:
         keras_tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _build_from_local_batch
         keras_tf_trainer.reduce_per_replica = _reduce_per_replica
+    if steps_per_execution > 1 and (multi_worker or isinstance(strategy, tf.distribute.MirroredStrategy)):
+        keras_tf_trainer.TensorFlowTrainer._make_function = _make_multi_step_function

@@ -96,10 +96,18 @@ def _batch(profile: Profile, replicas: int) -> tuple[int, str]:
     return batch, why if batch * 2 > BATCH else f"{why} (halved from {BATCH} to reach {MIN_PASS_STEPS})"
 
 
-def steps(num_train: int, batch_size: int, epochs: int | None, train_steps: int, min_steps: int
-          ) -> tuple[StepPlan, str]:
+def steps(num_train: int, batch_size: int, epochs: int | None, train_steps: int, min_steps: int,
+          steps_per_execution: int = 1) -> tuple[StepPlan, str]:
     """The step plan: `train_steps` or `epochs` when given (natural epochs), else at least `min_steps` steps in
-    epochs of at least MIN_EPOCH_STEPS steps and at least MIN_EPOCHS epochs; and why."""
+    epochs of at least MIN_EPOCH_STEPS steps and at least MIN_EPOCHS epochs; epochs are whole executions of
+    `steps_per_execution` steps (Keras runs whole ones, past an epoch's end); and why."""
+    if steps_per_execution > 1:
+        plan, why = steps(num_train, batch_size, epochs, train_steps, min_steps)
+        whole = max(steps_per_execution, plan.steps_per_epoch // steps_per_execution * steps_per_execution)
+        if whole == plan.steps_per_epoch:
+            return plan, why
+        return (dataclasses.replace(plan, steps_per_epoch=whole),
+                f"{why}; {whole} steps an epoch, whole executions of --steps_per_execution={steps_per_execution}")
     natural = num_train // batch_size
     if natural < 1:
         raise FlagError(f"--batch_size={batch_size} exceeds the {num_train} training examples")
@@ -147,6 +155,17 @@ def cache(config: Config, num_examples: int, pixels_in_memory: bool, masks: bool
         f"{'within' if fits else 'over'} the budget of {budget / (1 << 20):.0f} MB ({CACHE_SHARE:.0%} of memory)")
 
 
+def dct_decode(profile: Profile, image_size: int | None) -> tuple[bool, str]:
+    """Whether training decodes JPEGs at a DCT scale: when a sampled image is at least twice `image_size` (a
+    1/2 scale could apply). Else the per-image choice is control flow that never picks a scale and cost ~10% of
+    the plain crop pipeline (BUILD.md); and why."""
+    if profile.largest_side is None or image_size is None:
+        return True, "image sizes not measured"
+    needed = profile.largest_side >= 2 * image_size
+    return needed, (f"the largest sampled image, {profile.largest_side} px, is {'at least' if needed else 'under'} "
+                    f"twice the input size {image_size}")
+
+
 def make(config: Config, min_steps: int, planned: dict[str, tuple[object, str]], profile: Profile,
          replicas: int) -> Plan:
     """The plan for `config` (flags as given): the task's `planned` values and a batch for the flags left unset,
@@ -157,9 +176,12 @@ def make(config: Config, min_steps: int, planned: dict[str, tuple[object, str]],
             flags[key], reasons[key] = value, why
     if config.batch_size is None:
         flags["batch_size"], reasons["batch_size"] = _batch(profile, replicas)
+    if config.dct_decode is None:
+        flags["dct_decode"], reasons["dct_decode"] = dct_decode(profile, flags.get("image_size", config.image_size))
     needed = round(min_steps * (FINE_TUNING_SHARE if config.init_checkpoint else 1)) * config.grad_accum_steps
     batch_size = flags.get("batch_size", config.batch_size)
-    step_plan, reasons["steps"] = steps(profile.num_train, batch_size, config.epochs, config.train_steps, needed)
+    step_plan, reasons["steps"] = steps(profile.num_train, batch_size, config.epochs, config.train_steps, needed,
+                                        config.steps_per_execution)
     updates = step_plan.total_steps // config.grad_accum_steps
     if flags.get("ema_decay") and updates < EMA_MIN_UPDATES:
         flags["ema_decay"], reasons["ema_decay"] = 0.0, (f"{updates} optimizer updates, under the {EMA_MIN_UPDATES} "

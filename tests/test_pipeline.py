@@ -108,7 +108,7 @@ def _large_jpeg() -> tf.Tensor:
     return tf.io.encode_jpeg(np.clip(coarse + rng.normal(0, 12, coarse.shape), 0, 255).astype(np.uint8), quality=90)
 
 
-def test_large_jpegs_decode_at_a_dct_scale_within_tolerance_of_full_scale(monkeypatch):
+def test_large_jpegs_decode_at_a_dct_scale_within_tolerance_of_full_scale():
     encoded = _large_jpeg()
     full = tf.io.decode_jpeg(encoded, channels=3)
     example = {"encoded": encoded, "id": tf.constant("large.jpg"), "seed": tf.constant([0, 5], tf.int64)}
@@ -123,9 +123,7 @@ def test_large_jpegs_decode_at_a_dct_scale_within_tolerance_of_full_scale(monkey
         y, x, h, w = decode._random_crop_window(tf.constant([1200, 1600, 3]), (0.08, 1.0), example["seed"]).numpy()
         exact_crop = tf.image.resize(full[y:y + h, x:x + w], [224, 224], antialias=True).numpy()
         crop = decode.decode_random_crop(224, (0.08, 1.0))(example)["image"].numpy()
-        with monkeypatch.context() as full_scale:
-            full_scale.setattr(decode, "DCT_RATIOS", ())
-            full_crop = decode.decode_random_crop(224, (0.08, 1.0))(example)["image"].numpy()
+        full_crop = decode.decode_random_crop(224, (0.08, 1.0), dct_ratios=())(example)["image"].numpy()
         if min(h, w) >= 448:  # decoded at 1/2 scale or less
             scaled_windows += 1
             assert np.abs(crop - exact_crop).mean() < min(2.5, np.abs(full_crop - exact_crop).mean())
@@ -134,8 +132,7 @@ def test_large_jpegs_decode_at_a_dct_scale_within_tolerance_of_full_scale(monkey
     assert scaled_windows >= 2
     small = tf.io.encode_jpeg(full[:300, :300])  # shorter side under twice the output: full scale either way
     scaled_small = decode.decode_resize(224)({"encoded": small})["image"].numpy()
-    monkeypatch.setattr(decode, "DCT_RATIOS", ())
-    assert np.array_equal(scaled_small, decode.decode_resize(224)({"encoded": small})["image"].numpy())
+    assert np.array_equal(scaled_small, decode.decode_resize(224, dct_ratios=())({"encoded": small})["image"].numpy())
 
 
 def test_shuffle_buffer_follows_memory_budget():

@@ -19,8 +19,9 @@ from engine.tasks import ClassificationTask, DetectionTask, SegmentationTask
 from tests.conftest import run_launch
 
 
-def _profile(num_train=8000, height=128, width=128, grey=False, smallest=None, name=None):
-    return profile.Profile(num_train, min(num_train, 256), height, width, grey, smallest, name)
+def _profile(num_train=8000, height=128, width=128, grey=False, smallest=None, name=None, largest=None):
+    return profile.Profile(num_train, min(num_train, 256), height, width, grey, smallest, name,
+                           largest or max(height, width))
 
 
 def _write(path, image):
@@ -39,7 +40,7 @@ def test_profile_measures_size_and_greyness_of_written_images(tmp_path):
     grey = profile.measure(folder.folder_source(str(tmp_path / "grey"), 0.25, 0).splits["train"])
     assert (grey.num_train, grey.height, grey.width, grey.grey, grey.smallest_object) == (9, 20, 24, True, None)
     colour = profile.measure(folder.folder_source(str(tmp_path / "colour"), 0.25, 0).splits["train"])
-    assert (colour.height, colour.width, colour.grey) == (30, 40, False)
+    assert (colour.height, colour.width, colour.grey, colour.largest_side) == (30, 40, False, 40)
     (tmp_path / "grey" / "a" / "0.png").write_bytes(b"not an image")  # left out of the sample, named later
     assert profile.measure(folder.folder_source(str(tmp_path / "grey"), 0.25, 0).splits["train"]).sampled == 8
 
@@ -114,6 +115,23 @@ def test_planned_weight_averaging_is_dropped_from_runs_too_short_for_it():
     assert detection.ema_decay == 0.0
 
 
+def test_dct_scaled_decoding_is_planned_only_where_an_image_is_twice_the_input():
+    small, large = _profile(height=400, width=400), _profile(height=400, width=400, largest=900)
+    assert plan.dct_decode(small, 224)[0] is False and plan.dct_decode(large, 224)[0] is True
+    assert plan.make(Config(image_size=224), 1875, {}, small, 1).flags["dct_decode"] is False
+    assert "dct_decode" not in plan.make(Config(image_size=224, dct_decode=True), 1875, {}, small, 1).flags
+    # training decodes at full scale only; evaluation and serving keep every DCT scale for unknown photos
+    task = ClassificationTask(Config(image_size=32, dct_decode=False), ["a", "b"])
+    assert task.recipe(training=True).dct_ratios == () and task.recipe(training=False).dct_ratios == (2, 4, 8)
+
+
+def test_epochs_are_whole_executions_of_steps_per_execution():
+    planned, why = plan.steps(8000, 64, None, 0, 1875, steps_per_execution=4)
+    assert planned.steps_per_epoch == 124 and "whole executions of --steps_per_execution=4" in why
+    assert plan.steps(8000, 64, 3, 0, 1875, steps_per_execution=5)[0] == plan.StepPlan(125, 3), "125 is whole"
+    assert plan.steps(200, 64, 2, 0, 1875, steps_per_execution=8)[0].steps_per_epoch == 8, "at least one execution"
+
+
 def test_small_objects_set_the_input_size_and_limit_zoom_and_mosaic():
     bccd = DetectionTask.planned(Config(task="detection"), _profile(205, 480, 640, smallest=0.0453, name="Platelets"))
     assert bccd["image_size"][0] == 352 and "Platelets" in bccd["image_size"][1] and "mosaic" not in bccd
@@ -168,7 +186,8 @@ def test_the_plan_is_printed_and_written_to_config_json(tiny_shapes, tmp_path, c
         saved = json.load(f)
     assert (saved["image_size"], saved["batch_size"], saved["epochs"]) == (64, 32, 1)
     assert saved["resolved"]["plan"]["flags"] == {"image_size": 64, "batch_size": 32, "ema_decay": 0.0,
-                                                  "cache": "memory"}
+                                                  "cache": "memory", "dct_decode": False}
+    assert "[plan] dct_decode False: the largest sampled image, 64 px, is under twice the input size 64" in printed
     assert saved["ema_decay"] == 0.0 and "[plan] ema_decay 0.0: 8 optimizer updates, under the 1000" in printed
     assert saved["cache"] == "memory" and "[plan] cache memory: 320 images decoded at up to 73 px take up to 5 MB" in printed
     assert job.steps.total_steps == 8 and job.config.image_size == 64

@@ -93,13 +93,17 @@ def _random_crop_window(image_shape: tf.Tensor, scale: tuple[float, float], seed
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def decode_resize(image_size: int) -> ExampleFn:
+DCT_RATIOS = (2, 4, 8)  # the JPEG DCT scales 1/2, 1/4, 1/8 that decoding may use; () decodes at full scale
+
+
+def decode_resize(image_size: int, dct_ratios: tuple[int, ...] = DCT_RATIOS) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", resized to image_size x image_size uint8, with the
-    file's "original_size" [h, w]. A JPEG is decoded at the DCT scale whose shorter side stays >= image_size."""
+    file's "original_size" [h, w]. A JPEG is decoded at the DCT scale (of `dct_ratios`) whose shorter side
+    stays >= image_size."""
 
     def apply(example: dict) -> dict:
         if "encoded" in example:
-            image, original = _decode_at_least(example["encoded"], image_size, tf.reduce_min)
+            image, original = _decode_at_least(example["encoded"], image_size, tf.reduce_min, dct_ratios)
         else:
             image = _rgb(example["image"])
             original = tf.shape(image)[:2]
@@ -108,36 +112,35 @@ def decode_resize(image_size: int) -> ExampleFn:
     return apply
 
 
-DCT_RATIOS = (2, 4, 8)  # the JPEG DCT scales 1/2, 1/4, 1/8 that decoding may use; () decodes at full scale
-
-
-def _dct_ratio(extent: tf.Tensor, size: int) -> tf.Tensor:
-    """The largest of 1 and DCT_RATIOS by which `extent` (pixels) shrinks to no less than `size`."""
-    ratios = tf.constant((1, *DCT_RATIOS))
+def _dct_ratio(extent: tf.Tensor, size: int, dct_ratios: tuple[int, ...]) -> tf.Tensor:
+    """The largest of 1 and `dct_ratios` by which `extent` (pixels) shrinks to no less than `size`."""
+    ratios = tf.constant((1, *dct_ratios))
     return tf.reduce_max(tf.where(extent // ratios >= size, ratios, 1))
 
 
-def _decode_at_least(encoded: tf.Tensor, size: int, side=tf.reduce_max) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decodes an image, a JPEG at the largest DCT scale whose `side` (reduce_max: longer, reduce_min: shorter)
-    stays >= `size` (libjpeg then skips most of the inverse DCT and the resize's work, and averages the pixels
-    it drops instead of aliasing them); returns it and the file's own [height, width]."""
+def _decode_at_least(encoded: tf.Tensor, size: int, side=tf.reduce_max, dct_ratios: tuple[int, ...] = DCT_RATIOS
+                     ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decodes an image, a JPEG at the largest DCT scale of `dct_ratios` whose `side` (reduce_max: longer,
+    reduce_min: shorter) stays >= `size` (libjpeg then skips most of the inverse DCT and the resize's work, and
+    averages the pixels it drops instead of aliasing them); returns it and the file's own [height, width]."""
 
     def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
         original = tf.image.extract_jpeg_shape(encoded)[:2]
-        ratio = _dct_ratio(side(original), size)
-        branches = {r: lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r) for r in (1, *DCT_RATIOS)}
+        ratio = _dct_ratio(side(original), size, dct_ratios)
+        branches = {r: lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r) for r in (1, *dct_ratios)}
         return tf.case([(tf.equal(ratio, r), branch) for r, branch in branches.items()]), original
 
     def other() -> tuple[tf.Tensor, tf.Tensor]:
         image = _decode_any(encoded)
         return image, tf.shape(image)[:2]
 
-    image, original = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+    image, original = tf.cond(tf.io.is_jpeg(encoded), jpeg, other) if dct_ratios else other()
     image.set_shape([None, None, 3])
     return image, original
 
 
-def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255) -> ExampleFn:
+def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255,
+                    dct_ratios: tuple[int, ...] = DCT_RATIOS) -> ExampleFn:
     """Returns a function decoding "encoded" into "image", no smaller than a `size` letterbox needs (see
     `_decode_at_least`), with "image_size" [h, w] of the original (and "boxes" in its pixels), and
     "mask_encoded" (a class-index PNG), if present, into "mask" [h, w, 1]. A mask whose size differs from its image's, or with a value that is
@@ -145,7 +148,7 @@ def decode_for_size(size: int, mask_classes: int = 256, ignore_value: int = 255)
 
     def apply(example: dict) -> dict:
         if "encoded" in example:
-            image, original = _decode_at_least(example["encoded"], size)
+            image, original = _decode_at_least(example["encoded"], size, tf.reduce_max, dct_ratios)
         else:
             image = _rgb(example["image"])
             original = tf.shape(image)[:2]
@@ -192,9 +195,10 @@ def _scaled_crop(encoded: tf.Tensor, window: tf.Tensor, ratio: int, image_size: 
     return tf.cast(out + 0.5, tf.uint8)
 
 
-def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn:
-    """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG, at a DCT scale when the
-    crop is at least twice image_size) into "image".
+def decode_random_crop(image_size: int, scale: tuple[float, float], dct_ratios: tuple[int, ...] = DCT_RATIOS
+                       ) -> ExampleFn:
+    """Returns a function decoding a random-resized crop of "encoded" (fused for JPEG, at a DCT scale of
+    `dct_ratios` when the crop is at least twice image_size) into "image".
 
     The example must carry a stateless "seed" ([2] int); the crop is a function of it alone.
     """
@@ -207,13 +211,13 @@ def decode_random_crop(image_size: int, scale: tuple[float, float]) -> ExampleFn
 
         def jpeg() -> tf.Tensor:
             window = _random_crop_window(tf.image.extract_jpeg_shape(encoded), scale, example["seed"])
-            ratio = _dct_ratio(tf.reduce_min(window[2:]), image_size)
+            ratio = _dct_ratio(tf.reduce_min(window[2:]), image_size, dct_ratios)
 
             def full_scale() -> tf.Tensor:
                 return _to_uint8_size(tf.image.decode_and_crop_jpeg(encoded, window, channels=3), image_size)
 
             branches = [(tf.equal(ratio, r), lambda r=r: _scaled_crop(encoded, window, r, image_size))
-                        for r in DCT_RATIOS]
+                        for r in dct_ratios]
             return tf.case(branches, default=full_scale) if branches else full_scale()
 
         def other() -> tf.Tensor:

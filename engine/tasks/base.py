@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import profile as data_profile
+from datasets.ops import decode
 from datasets.recipes import Augment, Recipe
 from datasets.sources.base import Source, Targets
 from engine.config import Config
@@ -87,6 +88,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def augment(self) -> Augment:
         """Training augmentation from the flags."""
+
+    def dct_ratios(self, training: bool) -> tuple[int, ...]:
+        """The JPEG DCT scales decoding may use: training's as --dct_decode plans them; evaluation (and
+        serving, which reuses it) always all of them."""
+        return decode.DCT_RATIOS if not training or self.config.dct_decode is not False else ()
 
     @abc.abstractmethod
     def recipe(self, training: bool) -> Recipe:

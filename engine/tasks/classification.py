@@ -77,7 +77,8 @@ class ClassificationTask(Task):
 
     def recipe(self, training: bool) -> ClassificationRecipe:
         """Resize for evaluation; crops and augmentation for training."""
-        return ClassificationRecipe(self.config.image_size, self.augment() if training else Augment())
+        return ClassificationRecipe(self.config.image_size, self.augment() if training else Augment(),
+                                    self.dct_ratios(training))
 
     def build_model(self) -> keras.Model:
         """The classifier --model with one logit per class."""

@@ -93,7 +93,7 @@ class DetectionTask(Task):
     def recipe(self, training: bool) -> DetectionRecipe:
         """Letterbox, boxes padded to --max_boxes; augmentation for training."""
         return DetectionRecipe(self.config.image_size, self.augment() if training else Augment(),
-                               self.config.max_boxes)
+                               self.config.max_boxes, self.dct_ratios(training))
 
     def build_model(self) -> keras.Model:
         """The YOLOv8 --model with --nms_iou and --nms_confidence non-max suppression."""

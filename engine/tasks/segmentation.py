@@ -74,7 +74,7 @@ class SegmentationTask(Task):
     def recipe(self, training: bool) -> SegmentationRecipe:
         """Letterbox (mask padded with --ignore_value); augmentation for training."""
         return SegmentationRecipe(self.config.image_size, self.augment() if training else Augment(),
-                                  self.config.ignore_value, self.num_classes)
+                                  self.config.ignore_value, self.num_classes, self.dct_ratios(training))
 
     def build_model(self) -> keras.Model:
         """The segmentation model --model with one logit per mask class."""
