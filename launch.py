@@ -7,7 +7,6 @@ for `config.NAME` finds where flag NAME acts. `engine/run.py` dispatches on --mo
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
@@ -207,11 +206,14 @@ def config_from_flags() -> Config:
     """The Config whose fields are the parsed flags of the same names. `--mode=eval` of a run directory starts
     from the run's own flags (its config.json), so the model and data are the ones it trained on; flags given
     on the command line win."""
+    import tensorflow as tf  # after main's quiet import of TensorFlow
+
+    from engine import files
+
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(Config)}
     saved_path = os.path.join(FLAGS.model_dir, "config.json")
-    if FLAGS.mode == "eval" and FLAGS.model_dir and os.path.exists(saved_path):
-        with open(saved_path) as f:
-            saved = {k: v for k, v in json.load(f).items() if k in values}
+    if FLAGS.mode == "eval" and FLAGS.model_dir and tf.io.gfile.exists(saved_path):
+        saved = {k: v for k, v in files.read_json(saved_path).items() if k in values}
         saved.update(init_checkpoint="", freeze_epochs=0)  # the run's own checkpoint is evaluated, not its start
         values = {**values, **saved, **{name: value for name, value in values.items() if FLAGS[name].present},
                   "mode": "eval"}

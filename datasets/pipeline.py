@@ -63,7 +63,7 @@ def _cache(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.I
     if config.cache == "memory":
         return ds.cache()
     directory = config.cache[len("disk:"):]
-    os.makedirs(directory, exist_ok=True)
+    tf.io.gfile.makedirs(directory)
     name = (f"{config.cache_name}-{config.recipe.cache_size(config.training)}px-pipeline"
             f"{context.input_pipeline_id}of{context.num_input_pipelines}")
     return ds.cache(os.path.join(directory, name))

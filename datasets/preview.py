@@ -106,7 +106,7 @@ def write(batches: list[dict[str, np.ndarray]], class_names: Sequence[str], dire
     """Writes `directory`/preview/train_batch{i}.png (labels drawn; masks with one legend below the grid) and
     TensorBoard images under `directory`/tensorboard/preview; returns the PNG paths."""
     out_dir = os.path.join(directory, "preview")
-    os.makedirs(out_dir, exist_ok=True)
+    tf.io.gfile.makedirs(out_dir)
     writer = tf.summary.create_file_writer(os.path.join(directory, "tensorboard", "preview"))
     paths = []
     for i, batch in enumerate(batches):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import os
 from typing import Iterator
 
 import numpy as np
@@ -32,9 +31,9 @@ class ScanResult:
 
 def reason(path: str) -> str:
     """Why `path` does not decode, in one line."""
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return "missing"
-    if os.path.getsize(path) == 0:
+    if tf.io.gfile.stat(path).length == 0:
         return "zero bytes"
     data = tf.io.read_file(path)
     try:

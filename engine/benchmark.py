@@ -11,7 +11,6 @@ RUN/benchmark.json.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -21,6 +20,7 @@ import tensorflow as tf
 from datasets import pipeline
 from datasets.sources.base import Examples
 from engine import callbacks as engine_callbacks
+from engine import files
 from engine.fit import throughput_logger
 from engine.job import Job
 
@@ -139,7 +139,6 @@ def run(job: Job, model: keras.Model) -> dict:
         print(f"[benchmark]   try: {knob}")
     if job.is_chief:
         path = os.path.join(job.model_dir, "benchmark.json")
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+        files.write_json(path, result, indent=2)
         print(f"[benchmark] written to {path}", flush=True)
     return result

@@ -7,13 +7,13 @@ summary.json, because those callbacks run after this one and read the same logs.
 from __future__ import annotations
 
 import collections
-import os
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from engine import optim, recovery
+from engine import files, optim, recovery
 
 
 class InputClock:
@@ -118,15 +118,14 @@ class EMAWeights(keras.callbacks.SwapEMAWeights):
         return keras.callbacks.LambdaCallback(on_epoch_end=finalize)
 
 
-def partial_path(path: str) -> str:
-    """Where a save to `path` is written before it is renamed into place (same folder, same extension)."""
-    return os.path.join(os.path.dirname(path), "partial-" + os.path.basename(path))
+class CSVLogger(keras.callbacks.CSVLogger):
+    """Keras' CSVLogger, also on gs:// and ram://: its on_train_end reads `closed`, which tf.io.gfile's files
+    (what Keras opens for remote paths) do not have."""
 
-
-def save_model_atomically(model: keras.Model, path: str) -> None:
-    """`model.save(path)` through a partial file renamed into place: a run killed mid-write keeps the old file."""
-    model.save(partial_path(path))
-    os.replace(partial_path(path), path)
+    def on_train_end(self, logs=None):
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.csv_file, self.writer = None, None
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -134,15 +133,15 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     while best.keras is written keeps the previous best.keras whole (a kill mid-write once left a truncated one)."""
 
     def _get_file_path(self, epoch, batch, logs):
-        return partial_path(super()._get_file_path(epoch, batch, logs))
+        return files.partial_path(super()._get_file_path(epoch, batch, logs))
 
     def _save_model(self, epoch, batch, logs):
         if not recovery.all_finite(self.model):
             print(f"[checkpoint] epoch {epoch + 1}: weights not finite, {self.filepath} not written", flush=True)
             return
-        partial = partial_path(self.filepath)
-        if os.path.exists(partial):  # a run killed mid-write left it: never renamed into place
-            os.remove(partial)
+        partial = files.partial_path(self.filepath)
+        if tf.io.gfile.exists(partial):  # a run killed mid-write left it: never renamed into place
+            tf.io.gfile.remove(partial)
         super()._save_model(epoch, batch, logs)
-        if os.path.exists(partial):  # written now (the epoch was a new best)
-            os.replace(partial, self.filepath)
+        if tf.io.gfile.exists(partial):  # written now (the epoch was a new best)
+            tf.io.gfile.rename(partial, self.filepath, overwrite=True)

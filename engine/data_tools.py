@@ -4,16 +4,16 @@ data) and the augmented-batch previews of `--mode=preview` (also drawn before tr
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 import keras
+import tensorflow as tf
 
 from datasets import pipeline, tools
 from datasets import preview as preview_images
 from datasets.sources import tfrecord
-from engine import tasks
+from engine import files, tasks
 from engine.config import Config, FlagError
 from engine.job import Job, load_source, plan_run, source_of
 
@@ -41,9 +41,8 @@ def inspect(config: Config) -> dict:
     _, run_plan = plan_run(dataclasses.replace(config, model=config.model or task_class.default_model), source, 1)
     report["plan"] = {"task": config.task, **run_plan.describe()}
     model_dir = config.model_dir or os.path.join("runs", f"inspect-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "inspect.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    tf.io.gfile.makedirs(model_dir)
+    files.write_json(os.path.join(model_dir, "inspect.json"), report, indent=2)
     print("\n".join(tools.report_lines(report, source.notes)))
     print(f"[inspect] the run --task={config.task} plans for this data (one replica):")
     print("\n".join(run_plan.lines()))

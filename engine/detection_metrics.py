@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets.ops import spatial
+from engine import files
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
@@ -203,7 +204,6 @@ class DetectionEvaluator(keras.callbacks.Callback):
 
 def write_coco_json(directory: str, ground_truth: dict, results: list[dict]) -> None:
     """Writes `directory`/val_ground_truth.json (COCO instances) and val_detections.json (COCO results)."""
-    os.makedirs(directory, exist_ok=True)
+    tf.io.gfile.makedirs(directory)
     for name, content in (("val_ground_truth.json", ground_truth), ("val_detections.json", results)):
-        with open(os.path.join(directory, name), "w") as f:
-            json.dump(content, f)
+        files.write_json(os.path.join(directory, name), content)

@@ -4,7 +4,6 @@ task's evaluations outside the compiled metrics (detection's COCO mAP), and the 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from typing import Iterator
@@ -13,7 +12,7 @@ import keras
 import tensorflow as tf
 
 from datasets import pipeline, preview
-from engine import report
+from engine import files, report
 from engine.callbacks import metric_details
 from engine.config import FlagError
 from engine.job import Job
@@ -46,8 +45,8 @@ def write_overlays(job: Job, model: keras.Model, count: int = 8) -> str | None:
     predicted = job.task.predict(model, batch["image"])  # (predict_on_batch under mirrored returned twice
     picture = preview.grid(job.task.draw(batch, predicted), columns=2)  # the rows: measured)
     path = os.path.join(job.model_dir, "overlays", "val.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tf.io.write_file(path, tf.io.encode_png(picture))
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    files.write_file(path, tf.io.encode_png(picture).numpy())
     with tf.summary.create_file_writer(os.path.join(job.model_dir, "tensorboard", "overlays")).as_default():
         tf.summary.image("val_predictions", picture[None], step=0,
                          description="Validation images: true labels left, predictions right")
@@ -60,7 +59,7 @@ def run(job: Job, model: keras.Model) -> dict:
     report (engine/report.py)."""
     candidates = [os.path.join(job.model_dir, "best.keras"),
                   os.path.join(job.model_dir, "backup", "latest.weights.h5")]
-    weights = next((path for path in candidates if os.path.exists(path)), None)
+    weights = next((path for path in candidates if tf.io.gfile.exists(path)), None)
     if weights is None:
         raise FlagError(f"--mode=eval: no checkpoint in --model_dir={job.model_dir} "
                         f"(looked for {', '.join(candidates)})")
@@ -82,6 +81,5 @@ def run(job: Job, model: keras.Model) -> dict:
     if job.is_chief:
         write_overlays(job, model)
         metrics["report"] = report.write(job, model, weights)
-        with open(os.path.join(job.model_dir, "eval.json"), "w") as f:
-            json.dump(metrics, f, indent=2)
+        files.write_json(os.path.join(job.model_dir, "eval.json"), metrics, indent=2)
     return metrics

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import re
-import shutil
 import time
 
 import numpy as np
@@ -28,7 +26,7 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from datasets.sources.base import IMAGE_EXTENSIONS
-from engine import quiet, run_dir, runners
+from engine import files, quiet, run_dir, runners
 from engine.config import EXPORT_FORMATS, Config, FlagError, ParityError
 from engine.job import load_source
 from engine.serving import Serving, ServingCore
@@ -69,7 +67,7 @@ def run(config: Config) -> dict:
     validation = split_images(source.splits["val"], config.parity_images, shuffle=False)
     calibration = split_images(source.splits["train"], config.calibration_images, shuffle=True)
     out = os.path.join(config.model_dir, "export")
-    os.makedirs(out, exist_ok=True)
+    tf.io.gfile.makedirs(out)
     print(f"[export] {task.name} model {task.config.model} at {task.config.image_size} px from {weights} -> {out}",
           flush=True)
     for name in formats:
@@ -79,8 +77,7 @@ def run(config: Config) -> dict:
     write_metadata(out, serving, run_config, weights, formats)
     write_samples(out, validation[:SAMPLES])
     report = parity(serving, out, formats, validation)
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    files.write_json(os.path.join(out, "report.json"), report, indent=2)
     print("\n".join(table_lines(report)), flush=True)
     failed = [f"{row['format']}: {', '.join(row['failed'])}" for row in report["formats"] if row["failed"]]
     if failed:
@@ -129,8 +126,8 @@ def preprocessed(serving: Serving, images: list[Image]) -> tuple[np.ndarray, np.
 def write_format(name: str, serving: Serving, path: str, calibration: list[Image]) -> None:
     """Writes one format: the SavedModel (`Serving.write_saved_model`), or the core converted by Keras'
     `Model.export` to TFLite (builtin ops only; float16 weights; int8 calibrated on `calibration`) or ONNX."""
-    if os.path.isdir(path):
-        shutil.rmtree(path)
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
     if name == "saved_model":
         serving.write_saved_model(path)
         return
@@ -138,8 +135,8 @@ def write_format(name: str, serving: Serving, path: str, calibration: list[Image
     core = ServingCore(serving.task, serving.model)
     core(tf.zeros([1, size, size, 3], tf.uint8))  # builds it: Keras exports built models only
     if name == "onnx":
-        core.export(path, format="onnx", input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)],
-                    verbose=False)
+        files.write_through_local(path, lambda local: core.export(
+            local, format="onnx", input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], verbose=False))
         return
     options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
     if name == "tflite_float16":
@@ -151,8 +148,9 @@ def write_format(name: str, serving: Serving, path: str, calibration: list[Image
                    "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
                    "representative_dataset": lambda: ([pixels[i:i + 1]] for i in range(len(pixels)))}
     with quiet.quiet_native_stderr(not quiet.wants_native_logs()):  # the converter's C++ notes
-        core.export(path, format="litert", input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8)],
-                    verbose=False, **options)
+        files.write_through_local(path, lambda local: core.export(
+            local, format="litert", input_signature=[tf.TensorSpec([1, size, size, 3], tf.uint8)], verbose=False,
+            **options))
 
 
 def write_metadata(out: str, serving: Serving, run_config: Config, weights: str, formats: list[str]) -> None:
@@ -164,28 +162,28 @@ def write_metadata(out: str, serving: Serving, run_config: Config, weights: str,
                 "formats": {name: {"file": FILES[name], "precision": PRECISIONS[name],
                                    "steps": STEPS[name]}
                             for name in formats}}
-    with open(os.path.join(out, "metadata.json"), "w") as f:
-        json.dump(metadata, f, indent=2)
+    files.write_json(os.path.join(out, "metadata.json"), metadata, indent=2)
 
 
 def write_samples(out: str, images: list[Image]) -> None:
     """Copies `images` to export/samples/ (the prediction page offers them), numbered, with their own names."""
     folder = os.path.join(out, "samples")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
+    if tf.io.gfile.exists(folder):
+        tf.io.gfile.rmtree(folder)
+    tf.io.gfile.makedirs(folder)
     for index, image in enumerate(images):
         name = os.path.basename(image.name)  # a file, or an array's id such as "t10k-images-idx3-ubyte[7]"
         stem = os.path.splitext(name)[0] if name.lower().endswith(IMAGE_EXTENSIONS) else name
         stem = re.sub(r"[^\w.-]+", "_", stem).strip("_")
         extension = ".jpg" if image.encoded[:3] == b"\xff\xd8\xff" else ".png"
-        with open(os.path.join(folder, f"{index:02d}_{stem}{extension}"), "wb") as f:
+        with tf.io.gfile.GFile(os.path.join(folder, f"{index:02d}_{stem}{extension}"), "wb") as f:
             f.write(image.encoded)
 
 
 def _size_bytes(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
+    if not tf.io.gfile.isdir(path):
+        return tf.io.gfile.stat(path).length
+    return sum(tf.io.gfile.stat(os.path.join(d, n)).length for d, _, names in tf.io.gfile.walk(path) for n in names)
 
 
 def _numpy(outputs: dict) -> dict[str, np.ndarray]:

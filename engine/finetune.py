@@ -10,13 +10,13 @@ class-dependent layers. A run's phases each keep their own backup directory (the
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import warnings
 
 import keras
+import tensorflow as tf
 
-from engine import tasks
+from engine import files, tasks
 from engine.run_dir import run_config
 from engine.config import Config, FlagError
 from engine.tasks.base import Task
@@ -47,12 +47,12 @@ class Initialisation:
 def checkpoint_file(init_checkpoint: str) -> str:
     """The weights file `--init_checkpoint` names: the file itself, or a run directory's best.keras."""
     path = init_checkpoint
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         path = os.path.join(path, "best.keras")
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             raise FlagError(f"--init_checkpoint={init_checkpoint} is a directory without best.keras (a run "
                             "directory of this engine has one after its first validated epoch)")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FlagError(f"--init_checkpoint={init_checkpoint}: no such file or directory")
     if not path.endswith((".keras", ".weights.h5")):
         raise FlagError(f"--init_checkpoint={init_checkpoint} must be a run directory, a .keras or .weights.h5 "
@@ -141,9 +141,8 @@ def completed_epochs(backup: str) -> int:
     """Epochs of the run that a backup directory (engine/recovery.py) says are done (0 when it holds none)."""
     for name in ("training_metadata.json", "training_metadata.json.bkp"):
         try:
-            with open(os.path.join(backup, name)) as f:
-                return int(json.load(f)["epoch"])
-        except (OSError, ValueError, KeyError):
+            return int(files.read_json(os.path.join(backup, name))["epoch"])
+        except (tf.errors.OpError, ValueError, KeyError):
             continue
     return 0
 

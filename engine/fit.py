@@ -7,18 +7,18 @@ checkpoint and history of the earlier run.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 
 import keras
+import tensorflow as tf
 
 from engine import callbacks as engine_callbacks
-from engine import devices, evaluate, finetune, optim, recovery, report
+from engine import devices, evaluate, files, finetune, optim, recovery, report
 from engine.config import FlagError, profile_batches
 from engine.data_tools import preview
 from engine.job import Job
+from engine.reports import curves
 
 
 def build_model(job: Job) -> keras.Model:
@@ -68,18 +68,12 @@ def throughput_logger(job: Job, input_wait: bool = True) -> engine_callbacks.Thr
 
 def _best_so_far(history_csv: str, metric: str) -> float | None:
     """The best (highest) value of `metric` in an earlier run's history, so a restart keeps the best model."""
-    if not os.path.exists(history_csv):
-        return None
-    with open(history_csv) as f:
-        values = [float(row[metric]) for row in csv.DictReader(f) if row.get(metric) not in (None, "")]
+    values = [float(row[metric]) for row in curves.history_rows(history_csv) if row.get(metric) not in (None, "")]
     return max(values) if values else None
 
 
 def _last_row(history_csv: str) -> dict:
-    if not os.path.exists(history_csv):
-        return {}
-    with open(history_csv) as f:
-        rows = list(csv.DictReader(f))
+    rows = curves.history_rows(history_csv)
     # Keras' CSVLogger writes "NA" in the val_ columns it adds when there is no validation (--mode=train).
     return {k: float(v) for k, v in rows[-1].items() if v not in ("", "NA") and k != "epoch"} if rows else {}
 
@@ -120,7 +114,7 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
                                                mode="max" if validate else "min", save_best_only=True,
                                                initial_value_threshold=_best_so_far(history_csv, monitor)
                                                if validate else None),
-        keras.callbacks.CSVLogger(history_csv, append=True),
+        engine_callbacks.CSVLogger(history_csv, append=True),
         keras.callbacks.TensorBoard(os.path.join(job.model_dir, "tensorboard"), write_graph=False,
                                     update_freq="epoch", profile_batch=profile_batches(job.config.profile_steps)),
     ]
@@ -208,11 +202,10 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
     if job.is_chief:
         if validate:
             evaluate.write_overlays(job, model)
-        engine_callbacks.save_model_atomically(model, os.path.join(job.model_dir, "final.keras"))
-        with open(os.path.join(job.model_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        files.write_atomically(os.path.join(job.model_dir, "final.keras"), model.save)
+        files.write_json(os.path.join(job.model_dir, "summary.json"), summary, indent=2)
         best = os.path.join(job.model_dir, "best.keras")
-        if validate and os.path.exists(best):  # the report is of the model the run keeps
+        if validate and tf.io.gfile.exists(best):  # the report is of the model the run keeps
             model.load_weights(best)
             report.write(job, model, best)
     return summary

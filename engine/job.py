@@ -19,7 +19,6 @@ Run directory (`--model_dir`), written by the chief:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -29,7 +28,7 @@ import tensorflow as tf
 from datasets import pipeline, tools
 from datasets.sources import spec
 from datasets.sources.base import Source, Split
-from engine import devices, finetune, keras_patches, plan, precision, tasks
+from engine import devices, files, finetune, keras_patches, plan, precision, tasks
 from engine.config import Config, FlagError, default_cache_dir
 from engine.devices import DeviceInfo
 from engine.plan import Plan, StepPlan
@@ -205,6 +204,6 @@ def prepare(config: Config) -> Job:
 
 def write_config(job: Job, name: str) -> None:
     """Writes the job's flags and what they resolved to as `name` in the run directory."""
-    os.makedirs(job.model_dir, exist_ok=True)
-    with open(os.path.join(job.model_dir, name), "w") as f:
-        json.dump({**dataclasses.asdict(job.config), "resolved": job.resolved()}, f, indent=2, sort_keys=True)
+    tf.io.gfile.makedirs(job.model_dir)
+    files.write_json(os.path.join(job.model_dir, name), {**dataclasses.asdict(job.config), "resolved": job.resolved()},
+                     indent=2, sort_keys=True)

@@ -10,7 +10,7 @@ Files that do not decode are listed by name and left out; nothing else stops.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import time
 from typing import Iterator
@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import drawing
-from datasets.sources.base import list_images
+from datasets.sources.base import list_images, normalised
 from datasets.tools import reason
-from engine import run_dir, runners, tasks
+from engine import files, run_dir, runners, tasks
 from engine.config import Config, FlagError
 from engine.serving import Serving
 from engine.tasks.base import Task
@@ -42,7 +42,7 @@ def run(config: Config) -> dict:
     for path, prediction in predict_files(serving, runner, paths, config.batch_size or BATCH_SIZE, bad):
         results.append((path, prediction))
     seconds = time.perf_counter() - started
-    summary = write_outputs(output, serving.task, results, bad, os.path.commonpath(paths) if paths else "")
+    summary = write_outputs(output, serving.task, results, bad, _common_folder(paths))
     summary.update({"model": runner.name, "seconds": seconds, "images_per_second": len(results) / seconds})
     print(f"[predict] {len(results)} images with {runner.name} in {seconds:.1f} s ({len(results) / seconds:.1f} "
           f"images/s), {len(bad)} left out -> {output}", flush=True)
@@ -58,8 +58,7 @@ def open_model(config: Config) -> tuple[Serving, runners.Runner, str]:
     output folder (predictions/ beside the export, or in the run directory)."""
     if config.export:
         export_dir, artifact = _export_paths(config.export)
-        with open(os.path.join(export_dir, "metadata.json")) as f:
-            metadata = json.load(f)
+        metadata = files.read_json(os.path.join(export_dir, "metadata.json"))
         task = tasks.build(run_dir.config_from_dict(metadata["config"]), metadata["class_names"])
         return Serving(task), runners.open_artifact(artifact), os.path.join(export_dir, "predictions")
     if config.model_dir:
@@ -72,10 +71,10 @@ def open_model(config: Config) -> tuple[Serving, runners.Runner, str]:
 def _export_paths(export: str) -> tuple[str, str]:
     """The export directory (with metadata.json) and the artifact that --export names (an export directory
     means its SavedModel)."""
-    if os.path.exists(os.path.join(export, "metadata.json")):
+    if tf.io.gfile.exists(os.path.join(export, "metadata.json")):
         return export, os.path.join(export, "saved_model")
-    parent = os.path.dirname(os.path.normpath(export))
-    if os.path.exists(export) and os.path.exists(os.path.join(parent, "metadata.json")):
+    parent = os.path.dirname(normalised(export))
+    if tf.io.gfile.exists(export) and tf.io.gfile.exists(os.path.join(parent, "metadata.json")):
         return parent, export
     raise FlagError(f"--export={export} is not an export of this engine (python launch.py --mode=export writes "
                     "RUN/export with metadata.json) nor an artifact inside one")
@@ -85,9 +84,9 @@ def image_paths(images: str) -> list[str]:
     """The image files --images names: a file, the images anywhere under a folder, or a glob's matches."""
     if not images:
         raise FlagError("--mode=predict needs --images: an image file, a folder or a glob pattern")
-    if os.path.isdir(images):
+    if tf.io.gfile.isdir(images):
         found = list_images(images)
-    elif os.path.isfile(images):
+    elif tf.io.gfile.exists(images):
         found = [images]
     else:
         found = sorted(path for path in tf.io.gfile.glob(images) if not tf.io.gfile.isdir(path))
@@ -161,17 +160,22 @@ def draw(task: Task, image: np.ndarray, prediction: dict[str, np.ndarray]) -> np
     return drawing.overlay_mask(image, drawing.enlarged(_mask(prediction), factor), names)
 
 
+def _common_folder(paths: list[str]) -> str:
+    """The deepest folder, as written ("gs://b/images/", "" for none), that holds every one of `paths`."""
+    prefix = os.path.commonprefix([path[:path.rfind("/") + 1] for path in paths])
+    return prefix[:prefix.rfind("/") + 1]
+
+
 def _output_name(path: str, root: str) -> str:
-    """A file name for `path`'s outputs: its path under the images' common folder, separators as "__"."""
-    relative = os.path.relpath(path, root) if root and path != root else os.path.basename(path)
-    return os.path.splitext(relative)[0].replace(os.sep, "__")
+    """A file name for `path`'s outputs: its path under the images' common folder `root`, "/" as "__"."""
+    return os.path.splitext(path[len(root):])[0].replace("/", "__")
 
 
 def write_outputs(output: str, task: Task, results: list[tuple[str, dict]], bad: dict[str, str], root: str) -> dict:
     """Writes predictions.json, predictions.csv, drawn/*.jpg (and masks/*.png) into `output`; returns the
     summary (also in predictions.json): counts of the predicted classes and the files left out."""
     for folder in ("drawn", "masks") if task.name == "segmentation" else ("drawn",):
-        os.makedirs(os.path.join(output, folder), exist_ok=True)
+        tf.io.gfile.makedirs(os.path.join(output, folder))
     entries, rows, counts = [], [], dict.fromkeys(task.class_names, 0)
     for path, prediction in results:
         name = _output_name(path, root)
@@ -191,11 +195,11 @@ def write_outputs(output: str, task: Task, results: list[tuple[str, dict]], bad:
     title = {"classification": "images per top class", "detection": "boxes per class (score >= "
              f"{getattr(task, 'draw_confidence', 0)})", "segmentation": "images showing each class"}[task.name]
     summary = {"images": len(results), "left_out": bad, "counts_title": title, "counts": counts, "output": output}
-    with open(os.path.join(output, "predictions.json"), "w") as f:
-        json.dump({"task": task.name, "class_names": task.class_names, **summary, "predictions": entries}, f, indent=1)
-    with open(os.path.join(output, "predictions.csv"), "w", newline="") as f:
-        fields = list(dict.fromkeys(key for row in rows for key in row))
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    files.write_json(os.path.join(output, "predictions.json"),
+                     {"task": task.name, "class_names": task.class_names, **summary, "predictions": entries}, indent=1)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_file(os.path.join(output, "predictions.csv"), table.getvalue())
     return summary

@@ -16,13 +16,14 @@ kill loses is the steps since the last backup: they are trained again on the sam
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 
 import keras
 import tensorflow as tf
+
+from engine import files
 
 WEIGHTS = "latest.weights.h5"
 METADATA = "training_metadata.json"
@@ -45,13 +46,6 @@ class Position:
     step: int
 
 
-def _write_atomically(path: str, write) -> None:
-    """`write(partial_path)`, then the partial file renamed onto `path` (tf.io.gfile: local, gs:// or ram://)."""
-    partial = os.path.join(os.path.dirname(path), "partial-" + os.path.basename(path))
-    write(partial)
-    tf.io.gfile.rename(partial, path, overwrite=True)
-
-
 def has_backup(backup_dir: str) -> bool:
     """Whether `backup_dir` holds a backup to resume from."""
     return tf.io.gfile.exists(os.path.join(backup_dir, WEIGHTS))
@@ -72,8 +66,7 @@ def restore(model: keras.Model, backup_dir: str) -> None:
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(backup_dir, WEIGHTS))
-        with tf.io.gfile.GFile(os.path.join(backup_dir, METADATA)) as f:
-            saved = json.load(f)
+        saved = files.read_json(os.path.join(backup_dir, METADATA))
         if saved.get("iterations") == int(model.optimizer.iterations.numpy()):
             for variable in model.variables:
                 if variable.path in saved.get("random_states", {}):
@@ -122,15 +115,11 @@ class StepBackup(keras.callbacks.Callback):
     def save_now(self) -> None:
         """Writes the backup at the current step."""
         tf.io.gfile.makedirs(self.backup_dir)
-        _write_atomically(os.path.join(self.backup_dir, WEIGHTS), lambda path: self.model.save_weights(path))
-
-        def metadata(path: str) -> None:
-            with tf.io.gfile.GFile(path, "w") as f:
-                json.dump({"epoch": self._epoch, "step": self._step,
-                           "iterations": int(self.model.optimizer.iterations.numpy()),
-                           "random_states": _random_states(self.model)}, f)
-
-        _write_atomically(os.path.join(self.backup_dir, METADATA), metadata)
+        files.write_atomically(os.path.join(self.backup_dir, WEIGHTS), self.model.save_weights)
+        files.write_json(os.path.join(self.backup_dir, METADATA),
+                         {"epoch": self._epoch, "step": self._step,
+                          "iterations": int(self.model.optimizer.iterations.numpy()),
+                          "random_states": _random_states(self.model)})
         self._saved = self._step
 
 

@@ -9,8 +9,9 @@ import os
 import zipfile
 
 import keras
+import tensorflow as tf
 
-from engine import tasks
+from engine import files, tasks
 from engine.config import Config, FlagError
 from engine.tasks.base import Task
 
@@ -21,10 +22,9 @@ def run_config(run_dir: str) -> tuple[Config, list[str]] | None:
     """The flags (with the task's defaults) and class names a run's config.json holds, or None without one.
     Flags this version does not know (renamed or removed since the run) are left out."""
     path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return None
-    with open(path) as f:
-        saved = json.load(f)
+    saved = files.read_json(path)
     return config_from_dict(saved), saved["resolved"]["class_names"]
 
 
@@ -42,7 +42,7 @@ def trained_model(run_dir: str, checkpoint: str = "best") -> tuple[Task, keras.M
     if found is None:
         raise FlagError(f"--model_dir={run_dir} has no config.json: not a run directory of this engine")
     path = os.path.join(run_dir, CHECKPOINTS[checkpoint])
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FlagError(f"--checkpoint={checkpoint}: {path} does not exist (best.keras is written after the first "
                         "validated epoch, final.keras when training ends)")
     config, class_names = found
@@ -77,7 +77,7 @@ def _layer_settings(node, found: dict) -> dict:
 def architecture_changes(model: keras.Model, keras_file: str) -> list[str]:
     """The layers of `model` whose class, strides, kernel, width or padding differ from the same-named layers
     saved in `keras_file`: weights of the same shapes load into a changed network without an error."""
-    with zipfile.ZipFile(keras_file) as archive:
+    with tf.io.gfile.GFile(keras_file, "rb") as file, zipfile.ZipFile(file) as archive:
         saved = _layer_settings(json.loads(archive.read("config.json")), {})
     built = _layer_settings(json.loads(json.dumps(keras.saving.serialize_keras_object(model))), {})
     changes = []

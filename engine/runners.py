@@ -63,7 +63,7 @@ class TFLiteRunner(Runner):
         except ImportError:
             raise FlagError(f"{path}: running TFLite needs ai-edge-litert: pip install -e \".[export]\"") from None
         self.name = os.path.splitext(os.path.basename(path))[0]
-        interpreter = Interpreter(model_path=path, num_threads=threads or os.cpu_count())
+        interpreter = Interpreter(model_content=_read(path), num_threads=threads or os.cpu_count())
         self._run = interpreter.get_signature_runner()
         self._input = next(iter(interpreter.get_signature_list()["serving_default"]["inputs"]))
 
@@ -82,7 +82,7 @@ class ONNXRunner(Runner):
             import onnxruntime
         except ImportError:
             raise FlagError(f"{path}: running ONNX needs onnxruntime: pip install -e \".[export]\"") from None
-        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(_read(path), providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
         self._outputs = [output.name for output in self.session.get_outputs()]
 
@@ -90,9 +90,15 @@ class ONNXRunner(Runner):
         return dict(zip(self._outputs, self.session.run(self._outputs, {self._input: images})))
 
 
+def _read(path: str) -> bytes:
+    """The bytes of the file at `path` (any file system: LiteRT and onnxruntime open local paths only)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
 def open_artifact(path: str) -> Runner:
     """The runner of an exported artifact: a SavedModel directory, or a .tflite or .onnx file."""
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return SavedModelRunner(path)
     if path.endswith(".tflite"):
         return TFLiteRunner(path)

@@ -150,7 +150,8 @@ def test_recovery_flags_are_checked(tiny_shapes):
 def test_a_partial_checkpoint_left_by_a_kill_never_replaces_best(tmp_path):
     """A kill during a best.keras write leaves partial-best.keras; a later epoch that is not a new best must not
     rename that truncated file into place (it once did: the resumed run then failed to load best.keras)."""
-    from engine.callbacks import AtomicModelCheckpoint, partial_path
+    from engine.callbacks import AtomicModelCheckpoint
+    from engine.files import partial_path
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")

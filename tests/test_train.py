@@ -241,6 +241,7 @@ def test_eval_of_a_run_directory_takes_the_runs_own_flags(mirrored_run):
 
 def test_best_checkpoint_is_renamed_into_place_whole(tmp_path):
     from engine import callbacks as engine_callbacks
+    from engine import files
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
@@ -249,5 +250,5 @@ def test_best_checkpoint_is_renamed_into_place_whole(tmp_path):
     model.fit(np.ones((8, 2)), np.zeros((8, 1)), epochs=2, verbose=0, callbacks=[checkpoint])
     assert os.listdir(tmp_path) == ["best.keras"]  # the partial file was renamed, not left beside it
     keras.saving.load_model(path)  # a whole .keras file
-    engine_callbacks.save_model_atomically(model, str(tmp_path / "final.keras"))
+    files.write_atomically(str(tmp_path / "final.keras"), model.save)
     assert sorted(os.listdir(tmp_path)) == ["best.keras", "final.keras"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import posixpath
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
@@ -173,23 +174,35 @@ def seeded_split(examples: Examples, val_fraction: float, seed: int, source: str
 
 def read_class_names(path: str) -> list[str] | None:
     """The names in a class-name file (classes.txt: one a line, in index order), or None without the file."""
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return None
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         return [line.strip() for line in f if line.strip()]
 
 
 def list_images(folder: str, others: list[str] | None = None) -> list[str]:
-    """The image files (IMAGE_EXTENSIONS) anywhere under `folder`, links followed, sorted; the paths of other
-    files are appended to `others` when it is given."""
+    """The image files (IMAGE_EXTENSIONS) anywhere under `folder` (any file system; local links followed),
+    sorted; the paths of other files are appended to `others` when it is given."""
     found = []
-    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+    for dirpath, _, filenames in tf.io.gfile.walk(folder):
         for name in filenames:
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(dirpath, name))
             elif others is not None:
                 others.append(os.path.join(dirpath, name))
     return sorted(found)
+
+
+def normalised(path: str) -> str:
+    """`path` as os.path.normpath makes it ("a/./b/../c/" is "a/c"), a URL's "scheme://" kept whole (gs://,
+    which os.path.normpath makes "gs:/")."""
+    scheme, separator, rest = path.partition("://")
+    return f"{scheme}://{posixpath.normpath(rest)}" if separator else os.path.normpath(path)
+
+
+def absolute(path: str) -> str:
+    """`path` as os.path.abspath makes it; a URL, absolute already, `normalised`."""
+    return normalised(path) if "://" in path else os.path.abspath(path)
 
 
 def shard_warning(num_items: int, what: str, pipelines: int) -> None:

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import os
 
+import tensorflow as tf
+
 from datasets.sources.base import (SPLIT_DIRECTORY_NAMES, DataError, Examples, IMAGE_EXTENSIONS, Source,
-                                   list_images, seeded_split)
+                                   list_images, normalised, seeded_split)
 
 
 def _list_class_folder(root: str, notes: dict[str, list[str]]) -> tuple[list[str], list[str], list[int]]:
     """Lists images under root/<class>/..., classes sorted like image_dataset_from_directory. Images outside
     any class folder and non-image files inside them go to `notes` (they are not used)."""
-    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
-    class_names = sorted(e.name for e in entries if e.is_dir())
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(root) if not name.startswith(".")]
+    folders = {name: tf.io.gfile.isdir(os.path.join(root, name)) for name in names}
+    class_names = sorted(name for name, folder in folders.items() if folder)
     if not class_names:
         raise DataError(f"{root}: no class sub-folders (expected one sub-folder of images per class)")
     notes.setdefault("images_without_labels", []).extend(
-        sorted(e.path for e in entries if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)))
+        sorted(os.path.join(root, name) for name, folder in folders.items()
+               if not folder and name.lower().endswith(IMAGE_EXTENSIONS)))
     paths, labels, ignored = [], [], []
     for label, name in enumerate(class_names):
         found = list_images(os.path.join(root, name), others=ignored)
@@ -38,7 +42,7 @@ def _split_directories(root: str) -> dict[str, str] | None:
     found = {}
     for split, names in SPLIT_DIRECTORY_NAMES.items():
         for name in names:
-            if os.path.isdir(os.path.join(root, name)):
+            if tf.io.gfile.isdir(os.path.join(root, name)):
                 found[split] = os.path.join(root, name)
                 break
     return found if "train" in found and "val" in found else None
@@ -46,11 +50,11 @@ def _split_directories(root: str) -> dict[str, str] | None:
 
 def folder_source(directory: str, val_fraction: float, seed: int) -> Source:
     """One sub-folder per class; `train/` and `val/` sub-folders if present, else a seeded split."""
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
         raise DataError(f"{directory}: not a directory (--dataset=folder:PATH needs a folder of class folders)")
     split_dirs = _split_directories(directory)
     notes: dict[str, list[str]] = {}
-    name = os.path.basename(os.path.normpath(directory))
+    name = os.path.basename(normalised(directory))
     if split_dirs:
         class_names, train_paths, train_labels = _list_class_folder(split_dirs["train"], notes)
         val_classes, val_paths, val_labels = _list_class_folder(split_dirs["val"], notes)

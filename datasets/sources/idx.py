@@ -14,7 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import DataError, Parse, Source, Streamed, Targets, read_class_names, shuffle_share
+from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, normalised, read_class_names,
+                                   shuffle_share)
 
 IDX_DTYPES = {0x08: np.uint8}
 PREFIXES = {"train": "train", "val": "t10k"}
@@ -22,9 +23,8 @@ PREFIXES = {"train": "train", "val": "t10k"}
 
 def read_idx(path: str) -> np.ndarray:
     """Reads one IDX file (optionally gzip-compressed) into an array of its declared shape."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = gzip.GzipFile(fileobj=f).read() if path.endswith(".gz") else f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
     rank = data[3]
@@ -37,7 +37,7 @@ def read_idx(path: str) -> np.ndarray:
 
 def _find(directory: str, prefix: str, kind: str) -> str:
     for name in (f"{prefix}-{kind}", f"{prefix}-{kind}.gz"):
-        if os.path.exists(os.path.join(directory, name)):
+        if tf.io.gfile.exists(os.path.join(directory, name)):
             return os.path.join(directory, name)
     raise DataError(f"{directory}: no {prefix}-{kind}[.gz] (an idx:DIR needs train-* and t10k-* "
                     "images-idx3-ubyte and labels-idx1-ubyte files)")
@@ -78,7 +78,7 @@ class ArraySplit(Streamed):
 
 def idx_source(directory: str) -> Source:
     """The IDX files in `directory` as train and val splits."""
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
         raise DataError(f"{directory}: not a directory (--dataset=idx:DIR)")
     splits = {}
     for split, prefix in PREFIXES.items():
@@ -95,4 +95,4 @@ def idx_source(directory: str) -> Source:
     class_names = read_class_names(classes_file) or [str(i) for i in range(num_classes)]
     if len(class_names) < num_classes:
         raise DataError(f"{classes_file}: {len(class_names)} names for labels up to {num_classes - 1}")
-    return Source(os.path.basename(os.path.normpath(directory)), class_names, splits)
+    return Source(os.path.basename(normalised(directory)), class_names, splits)

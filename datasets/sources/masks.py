@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 
+import tensorflow as tf
+
 from datasets.sources.base import IMAGE_EXTENSIONS, DataError, Examples, Source, read_class_names, seeded_split
 
 
 def _by_stem(folder: str, extensions: tuple[str, ...]) -> dict[str, str]:
-    if not os.path.isdir(folder):
+    if not tf.io.gfile.isdir(folder):
         raise DataError(f"{folder}: no such folder")
-    return {os.path.splitext(name)[0]: os.path.join(folder, name) for name in sorted(os.listdir(folder))
+    return {os.path.splitext(name)[0]: os.path.join(folder, name) for name in sorted(tf.io.gfile.listdir(folder))
             if name.lower().endswith(extensions)}
 
 

@@ -15,7 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import DataError, Examples, Source, read_class_names, seeded_split
+from datasets.sources.base import (DataError, Examples, Source, absolute, normalised, read_class_names,
+                                   seeded_split)
 from datasets.sources.box_labels import PIXEL_SLACK, BadLabels, Box, box_arrays
 
 
@@ -40,20 +41,20 @@ def rasterise(polygons: list[tuple[int, np.ndarray]], height: int, width: int) -
 
 
 def _cache_folder(annotations: str, cache_dir: str) -> str:
-    stat = os.stat(annotations)
-    key = hashlib.sha1(f"{os.path.abspath(annotations)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    stat = tf.io.gfile.stat(annotations)
+    key = hashlib.sha1(f"{absolute(annotations)}|{stat.length}|{stat.mtime_nsec}".encode()).hexdigest()
     return os.path.join(cache_dir, "masks", key[:16])
 
 
 def _write_masks(folder: str, masks: dict[str, callable]) -> dict[str, str]:
     """Writes each not yet written mask (name -> function making it) as folder/name.png; returns the paths."""
-    os.makedirs(folder, exist_ok=True)
+    tf.io.gfile.makedirs(folder)
     paths = {}
     for name, make in masks.items():
         path = os.path.join(folder, f"{name}.png")
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             tf.io.write_file(path + ".tmp", tf.io.encode_png(make()[..., None]))
-            os.replace(path + ".tmp", path)
+            tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
         paths[name] = path
     return paths
 
@@ -63,12 +64,12 @@ def labelme_source(directory: str, cache_dir: str, class_names: list[str] | None
     """labelme JSON files in `directory` (polygons and rectangles; `imagePath` relative to the JSON). Class 0
     is background; the others are `class_names` (a flag or `directory`/classes.txt) or, without either,
     the labels found, sorted. A label outside `class_names` stops the run naming the file."""
-    files = sorted(f for f in os.listdir(directory) if f.lower().endswith(".json"))
+    files = sorted(f for f in tf.io.gfile.listdir(directory) if f.lower().endswith(".json"))
     if not files:
         raise DataError(f"{directory}: no labelme .json files")
     documents = {}
     for file in files:
-        with open(os.path.join(directory, file)) as f:
+        with tf.io.gfile.GFile(os.path.join(directory, file)) as f:
             documents[file] = json.load(f)
     class_names = class_names or read_class_names(os.path.join(directory, "classes.txt"))
     labels = sorted({shape["label"] for doc in documents.values() for shape in doc.get("shapes", [])})
@@ -79,8 +80,8 @@ def labelme_source(directory: str, cache_dir: str, class_names: list[str] | None
         unknown = sorted({shape["label"] for shape in doc.get("shapes", [])} - index.keys())
         if unknown:
             raise DataError(f"{os.path.join(directory, file)}: labels {unknown} are not among {names[1:]}")
-        image = os.path.normpath(os.path.join(directory, doc["imagePath"]))
-        if not os.path.exists(image):
+        image = normalised(os.path.join(directory, doc["imagePath"]))
+        if not tf.io.gfile.exists(image):
             raise DataError(f"{os.path.join(directory, file)}: its image {image} does not exist")
         polygons = []
         for shape in doc.get("shapes", []):
@@ -126,7 +127,10 @@ def coco_source(annotations: str, cache_dir: str, image_dir: str = "", val_fract
     stop the run, or with `skip_bad_labels` are dropped and listed (`datasets/sources/box_labels.py`)."""
     from pycocotools.coco import COCO
 
-    coco = COCO(annotations)
+    coco = COCO()  # COCO(path) opens local files only
+    with tf.io.gfile.GFile(annotations) as f:
+        coco.dataset = json.load(f)
+    coco.createIndex()
     categories = sorted(coco.getCatIds())
     names = ["background", *(coco.loadCats(i)[0]["name"] for i in categories)]
     index = {category: i + 1 for i, category in enumerate(categories)}  # mask values: 0 is background
@@ -136,7 +140,7 @@ def coco_source(annotations: str, cache_dir: str, image_dir: str = "", val_fract
     images, makers, boxes = [], {}, []
     for info in coco.loadImgs(sorted(coco.getImgIds())):
         path = os.path.join(image_dir, info["file_name"])
-        if not os.path.exists(path):
+        if not tf.io.gfile.exists(path):
             bad.drop_label_file(f"{annotations} image id {info['id']}", f"its image {path} does not exist")
             continue
 

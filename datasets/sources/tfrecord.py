@@ -26,8 +26,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, epoch_shuffle, shard_warning,
-                                   shuffle_share)
+from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, epoch_shuffle, normalised,
+                                   shard_warning, shuffle_share)
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -119,23 +119,23 @@ def _padded_boxes(features: dict, max_boxes: int, filename: tf.Tensor) -> dict:
 def tfrecord_source(directory: str) -> Source:
     """The converter's output directory."""
     metadata_path = os.path.join(directory, "metadata.json")
-    if not os.path.exists(metadata_path):
+    if not tf.io.gfile.exists(metadata_path):
         raise DataError(f"{directory}: no metadata.json; write TFRecord shards with "
                         f"`python launch.py --mode=convert --dataset=... --output={directory}`")
-    with open(metadata_path) as f:
+    with tf.io.gfile.GFile(metadata_path) as f:
         metadata = json.load(f)
     if metadata.get("format") != FORMAT:
         raise DataError(f"{metadata_path}: format {metadata.get('format')!r} is not {FORMAT!r}")
     splits = {}
     for name, info in metadata["splits"].items():
         files = [os.path.join(directory, file) for file in info["files"]]
-        missing = [file for file in files if not os.path.exists(file)]
+        missing = [file for file in files if not tf.io.gfile.exists(file)]
         if missing:
             raise DataError(f"{directory}: shards listed in metadata.json are missing: {', '.join(missing[:5])}")
         splits[name] = TFRecordSplit(files, info["counts"], info["mean_record_bytes"],
                                      bool(metadata.get("mask_class_names")), bool(metadata.get("box_class_names")),
                                      info.get("max_boxes_per_image", 0))
-    return Source(os.path.basename(os.path.normpath(directory)), metadata["class_names"], splits,
+    return Source(os.path.basename(normalised(directory)), metadata["class_names"], splits,
                   mask_class_names=metadata.get("mask_class_names", []),
                   box_class_names=metadata.get("box_class_names", []), image_labels=metadata.get("image_labels", True))
 
@@ -192,7 +192,7 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
     metadata; returns the metadata. Shards are written under temporary names and renamed when complete."""
     if num_shards < 1:
         raise DataError(f"--num_shards={num_shards} must be at least 1")
-    os.makedirs(output, exist_ok=True)
+    tf.io.gfile.makedirs(output)
     masks, boxes = bool(source.mask_class_names), bool(source.box_class_names)
     metadata = {"format": FORMAT, "class_names": source.class_names, "image_labels": source.image_labels,
                 "splits": {}, "feature_keys": sorted({**FEATURES, **(MASK_FEATURES if masks else {}),
@@ -228,7 +228,7 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
             widths.append(int(record["shape"][1]))
         for writer, file in zip(writers, files):
             writer.close()
-            os.replace(os.path.join(output, file + ".tmp"), os.path.join(output, file))
+            tf.io.gfile.rename(os.path.join(output, file + ".tmp"), os.path.join(output, file), overwrite=True)
         metadata["splits"][name] = {"files": files, "counts": counts, "num_examples": sum(counts),
                                     "mean_record_bytes": total_bytes // max(1, sum(counts)),
                                     "max_boxes_per_image": most}
@@ -237,6 +237,6 @@ def convert(source: Source, output: str, num_shards: int, seed: int = 0) -> dict
         "height": {"min": min(heights), "median": float(np.median(heights)), "max": max(heights)},
         "width": {"min": min(widths), "median": float(np.median(widths)), "max": max(widths)},
     }
-    with open(os.path.join(output, "metadata.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(output, "metadata.json"), "w") as f:
         json.dump(metadata, f, indent=2)
     return metadata

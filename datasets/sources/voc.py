@@ -11,6 +11,7 @@ import os
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
+import tensorflow as tf
 
 from datasets.sources.base import IMAGE_EXTENSIONS, DataError, Source, list_images, seeded_split
 from datasets.sources.box_labels import PIXEL_SLACK, BadLabels, Box, box_arrays, detection_examples
@@ -27,7 +28,7 @@ def _voc_image(root: ElementTree.Element, xml: str, images_dir: str) -> str | No
     """The image of an annotation: its <filename> in JPEGImages, else the XML's stem with an image extension."""
     stem = os.path.splitext(os.path.basename(xml))[0]
     candidates = [(root.findtext("filename") or "").strip(), *(stem + extension for extension in IMAGE_EXTENSIONS)]
-    found = [os.path.join(images_dir, c) for c in candidates if c and os.path.isfile(os.path.join(images_dir, c))]
+    found = [os.path.join(images_dir, c) for c in candidates if c and tf.io.gfile.exists(os.path.join(images_dir, c))]
     return found[0] if found else None
 
 
@@ -35,7 +36,8 @@ def _read_voc_xml(xml: str, images_dir: str, bad: BadLabels) -> tuple[str | None
     """The image and boxes of one VOC annotation; its bad objects, or its missing image (then None and no
     boxes), go to `bad`."""
     try:
-        root = ElementTree.parse(xml).getroot()
+        with tf.io.gfile.GFile(xml, "rb") as f:
+            root = ElementTree.parse(f).getroot()
     except ElementTree.ParseError as error:
         raise DataError(f"{xml}: not a VOC annotation ({error})") from None
     image = _voc_image(root, xml, images_dir)
@@ -64,14 +66,14 @@ def _voc_split_ids(directory: str) -> dict[str, list[str]] | None:
     None without train.txt and another of them."""
     main = os.path.join(directory, "ImageSets", "Main")
     files = {split: os.path.join(main, f"{split}.txt") for split in ("train", "val", "test")}
-    files = {split: path for split, path in files.items() if os.path.isfile(path)}
+    files = {split: path for split, path in files.items() if tf.io.gfile.exists(path)}
     if "train" not in files or len(files) == 1:
         return None
     if "val" not in files:
         files["val"] = files.pop("test")
     ids = {}
     for split, listing in files.items():
-        with open(listing) as f:
+        with tf.io.gfile.GFile(listing) as f:
             ids[split] = [line.split()[0] for line in f if line.strip()]
     return ids
 
@@ -83,12 +85,12 @@ def voc_source(directory: str, skip_bad_labels: bool = False, class_names: list[
     `class_names`, else every name in the XML files, sorted. An image without an XML has no objects."""
     annotations_dir, images_dir = os.path.join(directory, "Annotations"), os.path.join(directory, "JPEGImages")
     for folder in (annotations_dir, images_dir):
-        if not os.path.isdir(folder):
+        if not tf.io.gfile.isdir(folder):
             raise DataError(f"{directory}: no {os.path.basename(folder)}/ folder (--dataset=voc:DIR needs "
                             "DIR/JPEGImages and DIR/Annotations)")
     bad = BadLabels(skip_bad_labels)
     parsed, without_images = {}, set()  # image id (the XML's stem) -> (image, boxes); ids dropped
-    for name in sorted(f for f in os.listdir(annotations_dir) if f.lower().endswith(".xml")):
+    for name in sorted(f for f in tf.io.gfile.listdir(annotations_dir) if f.lower().endswith(".xml")):
         image, boxes = _read_voc_xml(os.path.join(annotations_dir, name), images_dir, bad)
         if image is None:
             without_images.add(os.path.splitext(name)[0])

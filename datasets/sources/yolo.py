@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 
+import tensorflow as tf
 import yaml
 
-from datasets.sources.base import IMAGE_EXTENSIONS, SPLIT_DIRECTORY_NAMES, DataError, Source, list_images
+from datasets.sources.base import (IMAGE_EXTENSIONS, SPLIT_DIRECTORY_NAMES, DataError, Source, absolute, list_images,
+                                   normalised)
 from datasets.sources.box_labels import YOLO_SLACK, BadLabels, Box, box_arrays, detection_examples
 
 
@@ -29,11 +31,11 @@ def yolo_label_path(image: str) -> str:
 
 def _listed_images(listing: str) -> list[str]:
     """The images a .txt file lists, one a line, relative paths from the file's folder."""
-    with open(listing) as f:
+    with tf.io.gfile.GFile(listing) as f:
         lines = [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
-    images = [os.path.normpath(os.path.join(os.path.dirname(listing), line)) for _, line in lines]
+    images = [normalised(os.path.join(os.path.dirname(listing), line)) for _, line in lines]
     for (number, _), image in zip(lines, images):
-        if not os.path.exists(image):
+        if not tf.io.gfile.exists(image):
             raise DataError(f"{listing}:{number}: image {image} does not exist")
     return images
 
@@ -41,17 +43,17 @@ def _listed_images(listing: str) -> list[str]:
 def _yaml_entries(data: dict, yaml_path: str) -> dict[str, list[str]]:
     """{"train", "val"}: the image folders and .txt lists of a data YAML, as paths. Roboflow's "../train/images"
     falls back to "train/images" under the root when the former is not there, as Ultralytics does."""
-    root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(yaml_path)), str(data.get("path") or "")))
+    root = normalised(os.path.join(os.path.dirname(absolute(yaml_path)), str(data.get("path") or "")))
     entries = {}
     for split in ("train", "val"):
         if not data.get(split):
             raise DataError(f"{yaml_path}: no `{split}:` images (a folder, a .txt list, or a list of them)")
         entries[split] = []
         for entry in data[split] if isinstance(data[split], list) else [data[split]]:
-            path = os.path.normpath(os.path.join(root, str(entry)))
-            if not os.path.exists(path) and str(entry).startswith("../"):
-                path = os.path.normpath(os.path.join(root, str(entry)[3:]))
-            if not os.path.exists(path):
+            path = normalised(os.path.join(root, str(entry)))
+            if not tf.io.gfile.exists(path) and str(entry).startswith("../"):
+                path = normalised(os.path.join(root, str(entry)[3:]))
+            if not tf.io.gfile.exists(path):
                 raise DataError(f"{yaml_path}: {split} images {entry!r} not found (looked for {path})")
             entries[split].append(path)
     return entries
@@ -73,9 +75,9 @@ def _yaml_names(data: dict, yaml_path: str) -> list[str]:
 def _read_data_yaml(yaml_path: str) -> tuple[dict[str, list[str]], list[str]]:
     """The image folders and lists of each split, and the class names, of an Ultralytics data YAML."""
     try:
-        with open(yaml_path) as f:
+        with tf.io.gfile.GFile(yaml_path) as f:
             data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as error:
+    except (tf.errors.OpError, yaml.YAMLError) as error:
         raise DataError(f"{yaml_path}: not a readable data YAML ({error})") from None
     if not isinstance(data, dict):
         raise DataError(f"{yaml_path}: not a data YAML (expected keys path, train, val, names)")
@@ -87,7 +89,7 @@ def _split_images(entries: dict[str, list[str]]) -> dict[str, list[str]]:
     images = {}
     for split, split_entries in entries.items():
         images[split] = [image for entry in split_entries
-                         for image in (list_images(entry) if os.path.isdir(entry) else _listed_images(entry))]
+                         for image in (list_images(entry) if tf.io.gfile.isdir(entry) else _listed_images(entry))]
         if not images[split]:
             raise DataError(f"{', '.join(split_entries)}: no {split} images ({', '.join(IMAGE_EXTENSIONS)})")
     return images
@@ -99,7 +101,7 @@ def _yolo_folders(directory: str) -> dict[str, list[str]]:
     for split, names in SPLIT_DIRECTORY_NAMES.items():
         candidates = [os.path.join(directory, *parts) for name in names
                       for parts in (("images", name), (name, "images"))]
-        found = [path for path in candidates if os.path.isdir(path)]
+        found = [path for path in candidates if tf.io.gfile.isdir(path)]
         if not found:
             raise DataError(f"{directory}: no data.yaml and no {split} images (looked for "
                             f"{', '.join(os.path.relpath(c, directory) for c in candidates)})")
@@ -110,7 +112,7 @@ def _yolo_folders(directory: str) -> dict[str, list[str]]:
 def _read_yolo_labels(label: str, bad: BadLabels) -> list[Box]:
     """The boxes of a YOLO label file, corners in fractions of the image; bad lines go to `bad`."""
     boxes = []
-    with open(label) as f:
+    with tf.io.gfile.GFile(label) as f:
         for number, line in enumerate(f, 1):
             where, fields = f"{label}:{number}", line.split()
             if not fields:
@@ -130,7 +132,7 @@ def _read_yolo_labels(label: str, bad: BadLabels) -> list[Box]:
 
 
 def _label_files_in(folder: str) -> list[str]:
-    return [os.path.join(dirpath, f) for dirpath, _, filenames in os.walk(folder, followlinks=True)
+    return [os.path.join(dirpath, f) for dirpath, _, filenames in tf.io.gfile.walk(folder)
             for f in filenames if f.endswith(".txt")]
 
 
@@ -139,7 +141,7 @@ def _labels_without_images(folders: list[str], labels: set[str]) -> list[str]:
     found = []
     for folder in folders:
         twin = os.path.dirname(yolo_label_path(os.path.join(folder, "x")))
-        if twin != folder and os.path.isdir(twin):
+        if twin != folder and tf.io.gfile.isdir(twin):
             found += [path for path in _label_files_in(twin) if path not in labels]
     return sorted(set(found))
 
@@ -147,23 +149,23 @@ def _labels_without_images(folders: list[str], labels: set[str]) -> list[str]:
 def yolo_source(path: str, skip_bad_labels: bool = False) -> Source:
     """YOLO txt labels, from a data YAML or a folder (see the module docstring); boxes stay fractions of the
     image (`boxes_normalised`)."""
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "data.yaml")):
+    if tf.io.gfile.exists(os.path.join(path, "data.yaml")):
         path = os.path.join(path, "data.yaml")
-    if os.path.isdir(path):
+    if tf.io.gfile.isdir(path):
         entries, names = _yolo_folders(path), None
-    elif os.path.isfile(path):
+    elif tf.io.gfile.exists(path):
         entries, names = _read_data_yaml(path)
     else:
         raise DataError(f"{path}: no such data YAML or folder (--dataset=yolo:DATA.yaml or yolo:DIR)")
     bad = BadLabels(skip_bad_labels)
     images = _split_images(entries)
     labels = {image: yolo_label_path(image) for split_images in images.values() for image in split_images}
-    folders = [entry for split_entries in entries.values() for entry in split_entries if os.path.isdir(entry)]
+    folders = [entry for split_entries in entries.values() for entry in split_entries if tf.io.gfile.isdir(entry)]
     for orphan in _labels_without_images(folders, set(labels.values())):
         bad.drop_label_file(orphan, "a label file without an image")
     boxes = {}
     for image, label in labels.items():
-        if os.path.exists(label):
+        if tf.io.gfile.exists(label):
             boxes[image] = _read_yolo_labels(label, bad)
         else:
             bad.notes["images_without_labels"].append(image)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 from typing import Sequence
 
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import drawing, preview
+from engine import files
 from engine.reports import plots
 
 TOP_K = 5  # top-k accuracy is reported when there are more than this many classes
@@ -163,14 +165,15 @@ def _mistakes_picture(mistakes: Mistakes, class_names: Sequence[str]) -> np.ndar
 def _write_csv(result: Scores, class_names: Sequence[str], path: str) -> None:
     """per_class.csv: class, precision, recall, f1, support, then the macro and weighted averages."""
     total = int(result.support.sum())
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for i, name in enumerate(class_names):
-            writer.writerow([name, *(f"{v:.4f}" for v in (result.precision[i], result.recall[i], result.f1[i])),
-                             int(result.support[i])])
-        for name, average in (("macro avg", result.macro), ("weighted avg", result.weighted)):
-            writer.writerow([name, *(f"{average[key]:.4f}" for key in ("precision", "recall", "f1")), total])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for i, name in enumerate(class_names):
+        writer.writerow([name, *(f"{v:.4f}" for v in (result.precision[i], result.recall[i], result.f1[i])),
+                         int(result.support[i])])
+    for name, average in (("macro avg", result.macro), ("weighted avg", result.weighted)):
+        writer.writerow([name, *(f"{average[key]:.4f}" for key in ("precision", "recall", "f1")), total])
+    files.write_file(path, text.getvalue())
 
 
 def table(result: Scores, class_names: Sequence[str]) -> str:
@@ -214,6 +217,7 @@ def write(model: keras.Model, dataset: tf.data.Dataset, class_names: Sequence[st
                                       "class (recall on the diagonal)", normalised=True),
                os.path.join(folder, "confusion_matrix_normalized.png"))
     _write_csv(result, names, os.path.join(folder, "per_class.csv"))
-    tf.io.write_file(os.path.join(folder, "mistakes.png"), tf.io.encode_png(_mistakes_picture(mistakes, names)))
+    picture = _mistakes_picture(mistakes, names)
+    files.write_file(os.path.join(folder, "mistakes.png"), tf.io.encode_png(picture).numpy())
     print(f"[report] classification of {count} validation images\n{table(result, names)}", flush=True)
     return as_json(result, names)

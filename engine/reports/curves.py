@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import tensorflow as tf
 from matplotlib import pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
@@ -24,11 +25,18 @@ MARKED_EPOCHS = 30  # points are marked up to this many epochs
 COLUMNS = 5  # panels per row, at most
 
 
+def history_rows(history_csv: str) -> list[dict[str, str]]:
+    """The rows of a run's history.csv, none before its first epoch (no file yet)."""
+    if not tf.io.gfile.exists(history_csv):
+        return []
+    with tf.io.gfile.GFile(history_csv) as f:
+        return list(csv.DictReader(f))
+
+
 def read(history_csv: str) -> tuple[np.ndarray, dict[str, np.ndarray], list[int]]:
     """The 1-based epochs in order (the last row of a repeated epoch kept), each column's values per epoch
     (NaN where missing or "NA"), and the epochs at which a restarted run resumed."""
-    with open(history_csv) as f:
-        rows = list(csv.DictReader(f))
+    rows = history_rows(history_csv)
     kept, resumed, previous = {}, [], 0
     for row in rows:
         epoch = int(float(row["epoch"])) + 1

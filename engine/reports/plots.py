@@ -3,6 +3,7 @@ classes to 100 (COCO): figure size, font size and cell annotations follow the cl
 
 from __future__ import annotations
 
+import io
 from typing import Sequence
 
 import matplotlib
@@ -10,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from engine import files  # noqa: E402
 
 ANNOTATED_CLASSES = 30  # cells carry their values up to this many classes
 DPI = 100
@@ -75,7 +78,9 @@ def bars(values: Sequence[float], names: Sequence[str], title: str, xlabel: str)
 
 
 def save(figure: plt.Figure, path: str) -> str:
-    """Writes `figure` as a PNG at `path` and closes it; returns the path."""
-    figure.savefig(path, dpi=DPI)
+    """Writes `figure` as a PNG at `path` (any file system) and closes it; returns the path."""
+    png = io.BytesIO()
+    figure.savefig(png, dpi=DPI, format="png")
     plt.close(figure)
+    files.write_file(path, png.getvalue())
     return path
