@@ -78,9 +78,10 @@ def _last_row(history_csv: str) -> dict:
     return {k: float(v) for k, v in rows[-1].items() if v not in ("", "NA") and k != "epoch"} if rows else {}
 
 
-def _backup_root(job: Job) -> str:
-    # Non-chief workers keep their own backup (every worker must restore) and write nothing else.
-    return os.path.join(job.model_dir, "backup") if job.is_chief else os.path.join(
+def _backup_root(job: Job, chief: bool = False) -> str:
+    """Where this worker writes its backups (non-chief workers keep their own and write nothing else), or with
+    `chief` the chief's, which every worker restores: one backup, so all resume at the same step."""
+    return os.path.join(job.model_dir, "backup") if job.is_chief or chief else os.path.join(
         job.model_dir, "workers", f"worker-{job.worker}", "backup")
 
 
@@ -123,7 +124,7 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
 
 def _spans(job: Job, model: keras.Model, phase: finetune.Phase, backup_dir: str) -> list[tuple[int, int, int]]:
     """The fits (first epoch, end epoch, steps of the first epoch already done) that train what remains of
-    `phase`: restored from its backup if there is one, the rest of an interrupted epoch first."""
+    `phase`: restored from its (chief's) backup if there is one, the rest of an interrupted epoch first."""
     if not recovery.has_backup(backup_dir):
         return [(phase.first_epoch, phase.end_epoch, 0)]
     recovery.restore(model, backup_dir)
@@ -151,11 +152,11 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
     throughput = throughput_logger(job)
     validate = config.mode == "train_and_eval"
     phases = job.phases
-    backups = [finetune.backup_dir(_backup_root(job), phase, last=index == len(phases) - 1)
-               for index, phase in enumerate(phases)]
+    backups, restores = ([finetune.backup_dir(_backup_root(job, chief), phase, last=index == len(phases) - 1)
+                          for index, phase in enumerate(phases)] for chief in (False, True))
     stopped = []
     for index, phase in enumerate(phases):
-        if any(finetune.completed_epochs(later) for later in backups[index + 1:]):
+        if any(finetune.completed_epochs(later) for later in restores[index + 1:]):
             continue  # a later phase has begun: the run resumes there
         trainable = compile_phase(job, model, phase) if len(phases) > 1 else len(model.trainable_weights)
         if config.init_checkpoint:
@@ -165,7 +166,7 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
                   "weight tensors", flush=True)
         stopper = keras.callbacks.EarlyStopping(job.task.best_metric, patience=config.patience, mode="max",
                                                 verbose=1) if validate and config.patience else None
-        for first_epoch, end_epoch, first_step in _spans(job, model, phase, backups[index]):
+        for first_epoch, end_epoch, first_step in _spans(job, model, phase, restores[index]):
             with evaluate.quiet_end_of_evaluation():
                 model.fit(
                     job.dataset(training=True, on_ready=throughput.clock.note if throughput.clock else None,

@@ -125,7 +125,9 @@ class StepBackup(keras.callbacks.Callback):
 
 class TerminationHandler(keras.callbacks.Callback):
     """SIGTERM (what cloud schedulers send before preempting) makes the run back up at the step it is in and
-    raise `Preempted`; launch.py then exits with a line saying where and how to resume."""
+    raise `Preempted`; launch.py then exits with a line saying where and how to resume. Under multi-worker, a
+    signal to any worker stops all of them at the same step: every step the workers all-reduce whether one was
+    signalled."""
 
     def __init__(self, backup: StepBackup):
         super().__init__()
@@ -139,8 +141,15 @@ class TerminationHandler(keras.callbacks.Callback):
     def _request(self, signum, frame) -> None:
         self.requested = True
 
+    def _any_worker_requested(self) -> bool:
+        strategy = self.model.distribute_strategy
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return self.requested
+        flags = strategy.run(tf.identity, args=(tf.constant(float(self.requested)),))
+        return float(strategy.reduce("SUM", flags, axis=None)) > 0
+
     def on_train_batch_end(self, batch, logs=None):
-        if self.requested:
+        if self._any_worker_requested():
             self.backup.save_now()
             signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
             raise Preempted(f"SIGTERM: backed up at {self.backup.where()} to {self.backup.backup_dir}; "
