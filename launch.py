@@ -114,7 +114,8 @@ flags.DEFINE_enum("mode", DEFAULTS.mode, CHOICES["mode"],
                   "--preview_batches augmented training batches into --model_dir/preview; benchmark measures "
                   "input alone, train step alone and end to end and says which limits (--model_dir/benchmark.json); "
                   "export writes --model_dir/export (--formats), checked against the Keras model; predict runs a "
-                  "run's model or an --export on --images; serve starts the prediction page.")
+                  "run's model or an --export on --images; serve starts the prediction page; data_dispatcher and "
+                  "data_worker start tf.data service servers (--port, --dispatcher) for --data_service.")
 flags.DEFINE_string("output", DEFAULTS.output,
                     "Output directory of --mode=convert; of --mode=predict (default: predictions/ in --model_dir or "
                     "beside --export).")
@@ -198,7 +199,15 @@ flags.DEFINE_string("export", DEFAULTS.export,
                     "saved_model directory, or a .tflite or .onnx file of one.")
 flags.DEFINE_string("images", DEFAULTS.images, "--mode=predict: an image file, a folder (searched recursively) or "
                     "a glob pattern.")
-flags.DEFINE_integer("port", DEFAULTS.port, "--mode=serve: the local port of the prediction page.")
+flags.DEFINE_integer("port", DEFAULTS.port, "--mode=serve: the local port of the prediction page; "
+                     "--mode=data_dispatcher and data_worker: the server's port.")
+flags.DEFINE_string("data_service", DEFAULTS.data_service,
+                    "Make the training batches on a tf.data service: grpc://HOST:PORT of its dispatcher. Every "
+                    "example goes out once per epoch across its workers; evaluation stays local.")
+flags.DEFINE_string("dispatcher", DEFAULTS.dispatcher, "--mode=data_worker: the dispatcher's HOST:PORT.")
+flags.DEFINE_string("data_service_dir", DEFAULTS.data_service_dir,
+                    "--mode=data_dispatcher: a folder for its journal (fault-tolerant mode: a restarted dispatcher "
+                    "goes on with the running jobs).")
 flags.DEFINE_integer("verbose", DEFAULTS.verbose, "Keras progress output: 0 silent, 1 bar, 2 one line per epoch.")
 
 

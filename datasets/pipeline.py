@@ -12,6 +12,10 @@ what depends on the kind of labels comes from the config's recipe (`datasets/rec
 
 `--cache` keeps the recipe's deterministic steps' output, before any random augmentation, so every epoch
 still sees new crops and augmentations.
+
+With `--data_service` the training `batches` run on tf.data service workers (`_service_stream`): the
+dispatcher hands out chunks of each epoch's rows in order, so every example goes out once per epoch across the
+workers, and each example's augmentation is a function of its place in its epoch, whichever worker makes it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import tensorflow as tf
 from datasets.budget import physical_memory_bytes
 from datasets.ops import decode
 from datasets.recipes import Recipe, compose
-from datasets.sources.base import Parse, Split, shuffle_share
+from datasets.sources.base import DataError, Parse, Split, epoch_rows, rows_dataset, shuffle_share
+
+SERVICE_CHUNK_BATCHES = 4  # per-replica batches of rows in each chunk the tf.data service hands a worker
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
@@ -41,6 +47,8 @@ class PipelineConfig:
     map_parallelism: int = 0  # parallel calls of every map; 0: tf.data's autotuning
     prefetch_batches: int = -1  # batches prefetched at the end; -1: autotuned, 0: none
     skip_steps: int = 0  # training: global steps' examples already trained on (a resumed run), skipped undecoded
+    data_service: str = ""  # training: the tf.data service dispatcher (grpc://HOST:PORT) that makes the batches
+    service_job: str = ""  # the service's job name: the trainer's input pipelines share one job
 
 
 def dataset_options(deterministic: bool, prefetch: bool = True) -> tf.data.Options:
@@ -69,22 +77,51 @@ def _cache(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.I
     return ds.cache(os.path.join(directory, name))
 
 
-def _seeded(ds: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], config: PipelineConfig,
+def _positioned(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distribute.InputContext
+                ) -> tf.data.Dataset:
+    """(element, position in this pipeline's stream) pairs. A resumed run (`skip_steps`) skips its pipeline's
+    share of the examples trained on, with their positions, before they are read or decoded: the stream goes on
+    where the backup was taken."""
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(2**62))
+    if config.skip_steps:
+        ds = ds.skip(config.skip_steps * config.global_batch_size // context.num_input_pipelines)
+    return ds
+
+
+def _service_stream(split: Split, config: PipelineConfig, batch_size: int) -> tf.data.Dataset:
+    """(row, position) pairs of the training stream for the tf.data service. The only source its dispatcher
+    splits is a range of (epoch, chunk) indices, handed out in order: chunk j of C in epoch e is every C-th row of
+    the epoch's order from the j-th on (`epoch_rows`), and a row's position is e x N + its place in that order.
+    A resumed run restarts the data epoch its backup is in: delivery order through the service is not
+    deterministic, so the exact example cannot be found again."""
+    if not hasattr(split, "table"):
+        raise DataError(f"--data_service serves folders of image files and in-memory arrays; {type(split).__name__} "
+                        "data is read locally (leave --data_service unset)")
+    num_rows, table = len(split), split.table(config.recipe.targets)
+    chunks = max(1, num_rows // (SERVICE_CHUNK_BATCHES * batch_size))
+
+    def chunk(index: tf.Tensor) -> tf.data.Dataset:
+        epoch, share = index // chunks, index % chunks
+        rows = epoch_rows(num_rows, config.seed, epoch, share, chunks)
+        positions = epoch * num_rows + share + chunks * tf.range(tf.size(rows, out_type=tf.int64))
+        return tf.data.Dataset.zip(rows_dataset(table, rows), tf.data.Dataset.from_tensor_slices(positions))
+
+    first_epoch = config.skip_steps * config.global_batch_size // num_rows
+    return tf.data.Dataset.range(first_epoch * chunks, 2**62).flat_map(chunk)
+
+
+def _seeded(pairs: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], config: PipelineConfig,
             context: tf.distribute.InputContext) -> tf.data.Dataset:
-    """`ds` parsed (if `parse`) and mapped by `step` in one map, with a per-example stateless "seed" [2] added
-    between: (pipeline seed, position in the stream), so random augmentation is a function of the run seed and
-    the position. A resumed run (`skip_steps`) skips its pipeline's share of the examples trained on, with
-    their positions, before they are read or decoded: the stream goes on where the backup was taken."""
+    """(element, position) `pairs` parsed (if `parse`) and mapped by `step` in one map, with a per-example
+    stateless "seed" [2] added between: (pipeline seed, position), so random augmentation is a function of the
+    run seed and the position."""
     base = tf.constant(config.seed * 1000 + context.input_pipeline_id, tf.int64)
 
     def apply(element, position: tf.Tensor) -> dict:
         record = parse(element) if parse else element
         return step({**record, "seed": tf.stack([base, position])})
 
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(2**62))
-    if config.skip_steps:
-        ds = ds.skip(config.skip_steps * config.global_batch_size // context.num_input_pipelines)
-    return ds.map(apply, num_parallel_calls=config.map_parallelism or tf.data.AUTOTUNE)
+    return pairs.map(apply, num_parallel_calls=config.map_parallelism or tf.data.AUTOTUNE)
 
 
 def _epochs(one_epoch: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
@@ -129,14 +166,21 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
     if not config.training:
         ds = _pad_to_full_batches(stored if cached else one_pass(None), len(split), config, context)
         return ds.batch(batch_size, drop_remainder=True)
-    if cached:
-        bytes_per_example = recipe.cache_size(True) ** 2 * 3
-        ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed, epoch))
-    else:
-        ds = _epochs(one_pass)
-    parse = None if fixed else parse
     batch_step = recipe.batch_step(cached)  # None: nothing to do per batch, and no map for it
-    ds = _seeded(ds, parse, compose(*random, _keep(*keys, *(["seed"] if batch_step else []))), config, context)
+    keep = _keep(*keys, *(["seed"] if batch_step else []))
+    if config.data_service:  # every step in one map on the service's workers, from the row on
+        steps = [*fixed, _keep(*keys)] if fixed else []
+        ds = _seeded(_service_stream(split, config, batch_size), split.parse, compose(*steps, *random, keep), config,
+                     context)
+    else:
+        if cached:
+            bytes_per_example = recipe.cache_size(True) ** 2 * 3
+            ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed,
+                                                     epoch))
+        else:
+            ds = _epochs(one_pass)
+        ds = _seeded(_positioned(ds, config, context), None if fixed else parse, compose(*random, keep), config,
+                     context)
     ds = ds.batch(recipe.batch_group * batch_size, drop_remainder=True)
     if batch_step:
         ds = ds.map(batch_step, num_parallel_calls=parallel)
@@ -160,8 +204,13 @@ def client_tail(ds: tf.data.Dataset, config: PipelineConfig, to_model_io: Callab
 def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
                   to_model_io: Callable[[dict], tuple] | None = None,
                   on_ready: Callable[[], None] | None = None) -> tf.data.Dataset:
-    """The whole pipeline for one input pipeline: `batches`, then `client_tail`."""
-    return client_tail(batches(split, config, context), config, to_model_io, on_ready)
+    """The whole pipeline for one input pipeline: `batches` (training's through `--data_service` when set: its
+    distributed-epoch mode, one job shared by the trainer's input pipelines), then `client_tail`."""
+    ds = batches(split, config, context)
+    if config.training and config.data_service:
+        ds = ds.with_options(dataset_options(config.deterministic)).apply(tf.data.experimental.service.distribute(
+            "distributed_epoch", config.data_service, job_name=config.service_job or None))
+    return client_tail(ds, config, to_model_io, on_ready)
 
 
 def _calling(function: Callable[[], None]) -> Callable:

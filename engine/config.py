@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 TASKS = ("classification", "segmentation", "detection")  # engine/tasks/
 MODES = ("train", "eval", "train_and_eval", "convert", "inspect", "preview", "benchmark", "export", "predict",
-         "serve")  # engine/run.py
+         "serve", "data_dispatcher", "data_worker")  # engine/run.py
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "tpu")  # engine/devices.py
 OPTIMIZERS = ("sgd", "adam", "adamw")  # engine/optim.py
 LR_SCHEDULES = ("cosine", "constant")  # engine/optim.py
@@ -116,6 +117,9 @@ class Config:
     export: str = ""
     images: str = ""
     port: int = 8501
+    data_service: str = ""  # grpc://HOST:PORT of a tf.data service dispatcher (engine/data_service.py)
+    dispatcher: str = ""  # --mode=data_worker: the dispatcher's HOST:PORT
+    data_service_dir: str = ""  # --mode=data_dispatcher: its journal, so that a restarted dispatcher goes on
     verbose: int = 1
 
     def __post_init__(self):
@@ -136,6 +140,9 @@ class Config:
         if self.checkpoint_steps < 0 or self.checkpoint_steps % self.grad_accum_steps:
             raise FlagError(f"--checkpoint_steps={self.checkpoint_steps} must be 0 (epoch ends only) or a positive "
                             f"multiple of --grad_accum_steps={self.grad_accum_steps}")
+        if self.data_service and not re.fullmatch(r"(grpc://)?[^:/]+:[0-9]+", self.data_service):
+            raise FlagError(f"--data_service={self.data_service} must be grpc://HOST:PORT, the address of a tf.data "
+                            "service dispatcher (--mode=data_dispatcher)")
         if self.nan_retries < 0:
             raise FlagError(f"--nan_retries={self.nan_retries} must be at least 0")
         if self.backbone_lr_scale <= 0:

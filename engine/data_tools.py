@@ -54,7 +54,7 @@ def preview(job: Job) -> list[str]:
     """Draws `--preview_batches` augmented training batches (one input pipeline, as the run's first replica
     sees them) with their class names into the run directory and TensorBoard; returns the PNG paths."""
     with tools.naming_bad_files(job.source):
-        batches = list(pipeline.build_dataset(job.train_split, job.pipeline_config(training=True))
+        batches = list(pipeline.build_dataset(job.train_split, job.pipeline_config(training=True, served=False))
                        .take(job.config.preview_batches).as_numpy_iterator())
     paths = preview_images.write(batches, job.task.class_names, job.model_dir, job.config.ignore_value)
     if paths:

@@ -80,14 +80,17 @@ class Job:
         """Replicas in sync."""
         return self.strategy.num_replicas_in_sync
 
-    def pipeline_config(self, training: bool, skip_steps: int = 0) -> pipeline.PipelineConfig:
-        """How the run reads its training (or evaluation) split; training skips `skip_steps` steps' examples."""
+    def pipeline_config(self, training: bool, skip_steps: int = 0, served: bool = True) -> pipeline.PipelineConfig:
+        """How the run reads its training (or evaluation) split; training skips `skip_steps` steps' examples,
+        through --data_service if set and `served` (evaluation stays local)."""
         config = self.config
+        service = config.data_service if training and served else ""
         return pipeline.PipelineConfig(
             recipe=self.task.recipe(training), global_batch_size=config.batch_size, training=training,
-            seed=config.seed, deterministic=config.deterministic, cache=config.cache,
+            seed=config.seed, deterministic=config.deterministic, cache="none" if service else config.cache,
             cache_name="train" if training else "val", map_parallelism=config.map_parallelism,
-            prefetch_batches=config.prefetch_batches, skip_steps=skip_steps)
+            prefetch_batches=config.prefetch_batches, skip_steps=skip_steps, data_service=service,
+            service_job=f"{config.model_dir}@{skip_steps}" if service else "")
 
     def dataset(self, training: bool, on_ready=None, skip_steps: int = 0) -> tf.distribute.DistributedDataset:
         """The training (or validation) split as the task's model inputs, one input pipeline per worker, batches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from datasets import tools
-from engine import benchmark, data_tools, evaluate, export, fit, predict, serve
+from engine import benchmark, data_service, data_tools, evaluate, export, fit, predict, serve
 from engine.config import Config
 from engine.job import prepare
 
@@ -25,6 +25,8 @@ def run(config: Config) -> dict:
         return predict.run(config)
     if config.mode == "serve":
         return serve.run(config)
+    if config.mode in ("data_dispatcher", "data_worker"):
+        return data_service.serve(config)
     job = prepare(config)
     if config.mode == "preview":
         return {"previews": data_tools.preview(job)}

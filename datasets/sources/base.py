@@ -106,29 +106,39 @@ class Examples(Streamed):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
-        """One epoch of this pipeline's files (paths, read by the parse function): a seeded order shared by all
-        pipelines, then a disjoint shard, reshuffled every epoch (a full shuffle: the buffer holds only paths
-        and labels)."""
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
-        table = {"id": np.asarray(self.paths, dtype=object)[order].astype(str),
-                 "label": np.asarray(self.labels, dtype=np.int32)[order]}
+    def parse(self, row: dict) -> dict:
+        """A row of `table` as a record: its files read."""
+        return _read_files(row)
+
+    def table(self, targets: Targets = Targets()) -> dict[str, np.ndarray]:
+        """The split's rows as columns: "id" (the path), "label", and the `targets` asked for."""
+        table = {"id": np.asarray(self.paths, dtype=object).astype(str), "label": np.asarray(self.labels, np.int32)}
         if targets.masks:
             if self.mask_paths is None:
                 raise DataError(f"no masks for the images of {os.path.dirname(self.paths[0])}")
-            table["mask_id"] = np.asarray(self.mask_paths, dtype=object)[order].astype(str)
+            table["mask_id"] = np.asarray(self.mask_paths, dtype=object).astype(str)
         if targets.max_boxes:
-            boxes, classes = self.padded_boxes(targets.max_boxes)
-            table["boxes"], table["classes"] = boxes[order], classes[order]
+            table["boxes"], table["classes"] = self.padded_boxes(targets.max_boxes)
             if self.boxes_normalised:
                 table["boxes_normalised"] = np.ones(len(self), bool)
-        ds = tf.data.Dataset.from_tensor_slices(table)
+        return table
+
+    def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
+               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
+        """One epoch of this pipeline's files (paths, read by the parse function). With `epoch` (training),
+        every n-th of the epoch's order (`epoch_rows`); else a seeded order shared by all pipelines, then a
+        disjoint shard, reshuffled every iteration when `shuffle`."""
+        table = self.table(targets)
+        if shuffle and epoch is not None:
+            rows = epoch_rows(len(self), seed, epoch, context.input_pipeline_id, context.num_input_pipelines)
+            return rows_dataset(table, rows), self.parse
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        ds = tf.data.Dataset.from_tensor_slices({key: column[order] for key, column in table.items()})
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
-            ds = epoch_shuffle(ds, len(self), seed, context, epoch)
-        return ds, _read_files
+            ds = epoch_shuffle(ds, len(self), seed, context, None)
+        return ds, self.parse
 
     def padded_boxes(self, max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [N, max_boxes, 4] and classes [N, max_boxes] (-1 for padding) of every image."""
@@ -209,6 +219,21 @@ def shard_warning(num_items: int, what: str, pipelines: int) -> None:
     """Logs that there are too few files to shard by file, so every pipeline reads all and keeps its share."""
     logging.warning("%d %s for %d input pipelines: sharding by example (every pipeline reads every file); "
                     "write at least %d shards for file-level sharding", num_items, what, pipelines, pipelines)
+
+
+def epoch_rows(num_rows: int, seed: int, epoch: tf.Tensor, share: int | tf.Tensor, shares: int | tf.Tensor
+               ) -> tf.Tensor:
+    """The rows of share `share` of `shares` in epoch `epoch`: every `shares`-th row, from the `share`-th on, of
+    a permutation of the split that is a function of (seed, epoch) alone. A split held as a table needs no
+    shuffle buffer, and any share of any epoch can be read on its own (what the tf.data service splits)."""
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_rows, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    return order[share::shares]
+
+
+def rows_dataset(table: dict[str, np.ndarray], rows: tf.Tensor) -> tf.data.Dataset:
+    """The `rows` of `table`, one element each."""
+    return tf.data.Dataset.from_tensor_slices({key: tf.gather(column, rows) for key, column in table.items()})
 
 
 def epoch_shuffle(ds: tf.data.Dataset, buffer_size: int, seed: int, context: tf.distribute.InputContext,

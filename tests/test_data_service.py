@@ -1,0 +1,120 @@
+"""The tf.data service (--data_service): local dispatcher and worker servers, the training stream split into
+chunks of each epoch, every example once per epoch across the workers; training through it under mirrored,
+with a worker killed mid-epoch."""
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from datasets import pipeline
+from datasets.recipes import Augment, ClassificationRecipe
+from datasets.sources import shapes
+from tests.conftest import REPO
+
+service = tf.data.experimental.service
+
+
+@pytest.fixture
+def two_workers():
+    """A dispatcher and two workers in this process; yields the dispatcher's grpc:// address."""
+    dispatcher = service.DispatchServer()
+    address = dispatcher.target.split("://")[1]
+    workers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(2)]
+    yield dispatcher.target
+    for worker in workers:
+        worker.stop()
+    dispatcher.stop()
+
+
+def test_every_example_goes_out_once_per_epoch_across_two_workers(tiny_shapes, two_workers):
+    split = shapes.shapes_source(tiny_shapes).splits["train"]
+    config = pipeline.PipelineConfig(ClassificationRecipe(32, Augment(crop_scale=(1.0, 1.0))), global_batch_size=8,
+                                     training=True, data_service=two_workers)
+    pairs = pipeline._service_stream(split, config, batch_size=8)  # 256 rows: 8 chunks an epoch
+    served = pairs.map(lambda row, position: (row["id"], position)).apply(
+        service.distribute("distributed_epoch", two_workers))
+    by_epoch, seen = collections.defaultdict(collections.Counter), set()
+    for path, position in served.take(3 * len(split)).as_numpy_iterator():
+        assert position not in seen, "no position goes out twice"
+        seen.add(position)
+        by_epoch[position // len(split)][path.decode()] += 1
+    for epoch in (0, 1):  # whole epochs (the third may still be in flight on the other worker)
+        assert sorted(by_epoch[epoch]) == sorted(split.paths) and set(by_epoch[epoch].values()) == {1}
+
+
+def test_training_batches_through_the_service_are_the_local_pipelines_kind(tiny_shapes, two_workers):
+    split = shapes.shapes_source(tiny_shapes).splits["train"]
+    local = pipeline.PipelineConfig(ClassificationRecipe(32, Augment(brightness=0.2)), global_batch_size=8,
+                                    training=True)
+    remote = pipeline.PipelineConfig(local.recipe, global_batch_size=8, training=True, data_service=two_workers,
+                                     service_job="test")
+    expected = pipeline.build_dataset(split, local).element_spec
+    ds = pipeline.build_dataset(split, remote)
+    assert ds.element_spec == expected, "static shapes, the same keys and types"
+    batches = list(ds.take(64).as_numpy_iterator())  # two epochs of 32 batches
+    assert all(batch["image"].shape == (8, 32, 32, 3) and batch["image"].std() > 0 for batch in batches)
+    labels = collections.Counter(int(label) for batch in batches for label in batch["label"])
+    expected_counts = collections.Counter(split.labels)
+    # two epochs, but for the examples of the epoch boundary still in flight (at most a chunk a worker)
+    assert all(abs(labels[label] - 2 * count) <= 2 * 32 for label, count in expected_counts.items())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _server(*flags: str) -> subprocess.Popen:
+    """A launch.py tf.data service server, once it says it is up."""
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "launch.py"), *flags], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith("[data_service]"):
+            return process
+    raise AssertionError(f"{flags} did not start: exit {process.wait()}")
+
+
+@pytest.mark.slow
+def test_mirrored_training_through_the_service_survives_a_worker_killed_mid_epoch(tiny_shapes, tmp_path):
+    port = _free_port()
+    servers = [_server("--mode=data_dispatcher", f"--port={port}")]
+    servers += [_server("--mode=data_worker", f"--dispatcher=localhost:{port}", f"--port={_free_port()}")
+                for _ in range(2)]
+    model_dir = str(tmp_path / "served")
+    trainer = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{tiny_shapes}", "--strategy=mirrored",
+         f"--data_service=grpc://localhost:{port}", "--epochs=2", "--batch_size=8", "--image_size=32",
+         "--checkpoint_steps=4", "--verbose=2", f"--model_dir={model_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metadata = os.path.join(model_dir, "backup", "training_metadata.json")
+    deadline = time.time() + 300
+    while time.time() < deadline and trainer.poll() is None:  # until a step inside epoch 1 is backed up
+        try:
+            with open(metadata) as f:
+                if json.load(f)["step"] > 0:
+                    break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    assert trainer.poll() is None, "the worker must be killed while training runs"
+    servers[2].send_signal(signal.SIGKILL)
+    output = trainer.communicate(timeout=600)[0]
+    for server in servers[:2]:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+    assert trainer.returncode == 0, output[-3000:]
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["epochs"] == 2 and summary["replicas"] == 2 and np.isfinite(summary["loss"])
+    with open(os.path.join(model_dir, "config.json")) as f:
+        assert json.load(f)["data_service"] == f"grpc://localhost:{port}"
