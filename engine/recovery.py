@@ -137,16 +137,17 @@ class TerminationHandler(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._previous = signal.signal(signal.SIGTERM, self._request)
+        strategy = self.model.distribute_strategy
+        self._workers_signalled = tf.function(  # a tf.function: collectives run eagerly cost far more
+            lambda flag: strategy.reduce("SUM", strategy.run(tf.identity, args=(flag,)), axis=None))
 
     def _request(self, signum, frame) -> None:
         self.requested = True
 
     def _any_worker_requested(self) -> bool:
-        strategy = self.model.distribute_strategy
-        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if not isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return self.requested
-        flags = strategy.run(tf.identity, args=(tf.constant(float(self.requested)),))
-        return float(strategy.reduce("SUM", flags, axis=None)) > 0
+        return float(self._workers_signalled(tf.constant(float(self.requested)))) > 0
 
     def on_train_batch_end(self, batch, logs=None):
         if self._any_worker_requested():

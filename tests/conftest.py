@@ -1,6 +1,7 @@
 """Test set-up: quiet TensorFlow, two virtual CPU devices, small generated datasets shared per session."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -31,3 +32,29 @@ def run_launch(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
     """Runs `python launch.py ARGS` from the repository and returns the finished process."""
     return subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` localhost ports free at the time of the call."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_data_service(workers: int) -> tuple[str, list[subprocess.Popen]]:
+    """A tf.data service as launch.py processes (a dispatcher and `workers` workers), each started once it says
+    it is up: the dispatcher's grpc:// address and the processes (dispatcher first)."""
+    port, *worker_ports = free_ports(1 + workers)
+    processes = []
+    for flags in [["--mode=data_dispatcher", f"--port={port}"]] + [
+            ["--mode=data_worker", f"--dispatcher=localhost:{port}", f"--port={p}"] for p in worker_ports]:
+        process = subprocess.Popen([sys.executable, os.path.join(REPO, "launch.py"), *flags], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if not any(line.startswith("[data_service]") for line in process.stdout):
+            raise AssertionError(f"{flags} did not start: exit {process.wait()}")
+        processes.append(process)
+    return f"grpc://localhost:{port}", processes

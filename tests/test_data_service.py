@@ -6,7 +6,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import tensorflow as tf
 from datasets import pipeline
 from datasets.recipes import Augment, ClassificationRecipe
 from datasets.sources import shapes
-from tests.conftest import REPO
+from tests.conftest import REPO, start_data_service
 
 service = tf.data.experimental.service
 
@@ -68,32 +67,13 @@ def test_training_batches_through_the_service_are_the_local_pipelines_kind(tiny_
     assert all(abs(labels[label] - 2 * count) <= 2 * 32 for label, count in expected_counts.items())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _server(*flags: str) -> subprocess.Popen:
-    """A launch.py tf.data service server, once it says it is up."""
-    process = subprocess.Popen([sys.executable, os.path.join(REPO, "launch.py"), *flags], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if line.startswith("[data_service]"):
-            return process
-    raise AssertionError(f"{flags} did not start: exit {process.wait()}")
-
-
 @pytest.mark.slow
 def test_mirrored_training_through_the_service_survives_a_worker_killed_mid_epoch(tiny_shapes, tmp_path):
-    port = _free_port()
-    servers = [_server("--mode=data_dispatcher", f"--port={port}")]
-    servers += [_server("--mode=data_worker", f"--dispatcher=localhost:{port}", f"--port={_free_port()}")
-                for _ in range(2)]
+    address, servers = start_data_service(workers=2)
     model_dir = str(tmp_path / "served")
     trainer = subprocess.Popen(
         [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{tiny_shapes}", "--strategy=mirrored",
-         f"--data_service=grpc://localhost:{port}", "--epochs=2", "--batch_size=8", "--image_size=32",
+         f"--data_service={address}", "--epochs=2", "--batch_size=8", "--image_size=32",
          "--checkpoint_steps=4", "--verbose=2", f"--model_dir={model_dir}"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metadata = os.path.join(model_dir, "backup", "training_metadata.json")
@@ -117,4 +97,4 @@ def test_mirrored_training_through_the_service_survives_a_worker_killed_mid_epoc
         summary = json.load(f)
     assert summary["epochs"] == 2 and summary["replicas"] == 2 and np.isfinite(summary["loss"])
     with open(os.path.join(model_dir, "config.json")) as f:
-        assert json.load(f)["data_service"] == f"grpc://localhost:{port}"
+        assert json.load(f)["data_service"] == address

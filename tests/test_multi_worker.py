@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,7 @@ import pytest
 
 from engine import tasks
 from engine.config import Config
-from tests.conftest import REPO
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from tests.conftest import REPO, free_ports, start_data_service
 
 
 def _trainable_weights(model_dir: str, weights_h5: str) -> list[np.ndarray]:
@@ -40,7 +29,7 @@ def _trainable_weights(model_dir: str, weights_h5: str) -> list[np.ndarray]:
 @pytest.mark.slow
 def test_two_workers_train_one_model(tiny_shapes, tmp_path):
     model_dir = str(tmp_path / "mwms")
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
@@ -68,7 +57,7 @@ def test_two_workers_train_one_model(tiny_shapes, tmp_path):
 
 def _start_workers(model_dir: str, dataset: str, *flags: str) -> list[subprocess.Popen]:
     """Two multi_worker_mirrored worker processes of one run, on fresh localhost ports."""
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
@@ -146,3 +135,21 @@ def test_both_workers_killed_resume_from_the_chiefs_backup_as_one_model(tiny_sha
     other = _trainable_weights(model_dir, os.path.join(model_dir, "workers", "worker-1", "backup", "latest.weights.h5"))
     for a, b in zip(chief, other):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_two_workers_train_through_the_data_service_with_several_steps_per_execution(tiny_shapes, tmp_path):
+    # both trainer workers read one tf.data service job; Keras' multi-step loop is replaced (keras_patches)
+    address, servers = start_data_service(workers=2)
+    model_dir = str(tmp_path / "served")
+    processes = _start_workers(model_dir, tiny_shapes, "--epochs=2", f"--data_service={address}",
+                               "--steps_per_execution=4")
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    for server in servers:
+        server.kill()
+        server.wait()
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert all("32/32" in output for output in outputs), "32 steps an epoch, in executions of 4"
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["epochs"] == 2 and summary["replicas"] == 2 and np.isfinite(summary["loss"])
