@@ -112,6 +112,10 @@ class StepBackup(keras.callbacks.Callback):
         """The current position, for messages."""
         return f"epoch {self._epoch + 1} step {self._step}"
 
+    def where_batch(self, batch: int) -> str:
+        """The position at the end of this fit's batch `batch`, for messages (before `on_train_batch_end`)."""
+        return f"epoch {self._epoch + 1} step {self._offset + batch + 1}"
+
     def save_now(self) -> None:
         """Writes the backup at the current step."""
         tf.io.gfile.makedirs(self.backup_dir)
@@ -174,7 +178,7 @@ class NonFiniteGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
             return
-        at = f"epoch {self.backup._epoch + 1} step {self.backup._offset + batch + 1}"
+        at = self.backup.where_batch(batch)
         if self.rolled_back >= self.retries:
             raise NonFiniteLoss(
                 f"loss {float(loss)} at {at} after {self.rolled_back} roll-back(s) (--nan_retries={self.retries}); "

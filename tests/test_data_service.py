@@ -50,6 +50,32 @@ def test_every_example_goes_out_once_per_epoch_across_two_workers(tiny_shapes, t
         assert sorted(by_epoch[epoch]) == sorted(split.paths) and set(by_epoch[epoch].values()) == {1}
 
 
+def test_the_mirrored_training_input_through_the_service_holds_each_example_once_an_epoch(tiny_shapes, tmp_path):
+    # The engine's own distributed training dataset (two replicas), through a dispatcher and one worker, which
+    # serves the chunks in order: the first epoch's worth of examples is every example once, two epochs' twice.
+    # An example is known by its label and pixel sum (whole images, flipped or not).
+    from engine.config import Config
+    from engine.job import prepare
+
+    dispatcher = service.DispatchServer()
+    worker = service.WorkerServer(service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
+    job = prepare(Config(dataset=f"shapes:{tiny_shapes}", strategy="mirrored", image_size=32, batch_size=16,
+                         epochs=2, mode="train", model_dir=str(tmp_path), data_service=dispatcher.target))
+    steps = len(job.train_split) // 16
+    seen, iterator = collections.Counter(), iter(job.dataset(training=True))
+    for step in range(2 * steps):
+        images, labels = (job.strategy.experimental_local_results(part) for part in next(iterator))
+        for replica_images, replica_labels in zip(images, labels):
+            seen.update(zip(np.argmax(replica_labels, axis=-1).tolist(),
+                            replica_images.numpy().astype(np.int64).sum(axis=(1, 2, 3)).tolist()))
+        if step == steps - 1:
+            assert len(seen) == len(job.train_split) and set(seen.values()) == {1}
+    assert len(seen) == len(job.train_split) and set(seen.values()) == {2}
+    del iterator  # a server stopped while a reader is still open waits for it
+    worker.stop()
+    dispatcher.stop()
+
+
 def test_training_batches_through_the_service_are_the_local_pipelines_kind(tiny_shapes, two_workers):
     split = shapes.shapes_source(tiny_shapes).splits["train"]
     local = pipeline.PipelineConfig(ClassificationRecipe(32, Augment(brightness=0.2)), global_batch_size=8,
