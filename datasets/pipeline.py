@@ -14,8 +14,9 @@ what depends on the kind of labels comes from the config's recipe (`datasets/rec
 still sees new crops and augmentations.
 
 With `--data_service` the training `batches` run on tf.data service workers (`_service_stream`): the
-dispatcher hands out chunks of each epoch's rows in order, so every example goes out once per epoch across the
-workers, and each example's augmentation is a function of its place in its epoch, whichever worker makes it.
+dispatcher hands out chunks of each epoch (rows, or TFRecord shards) in order, so every example goes out once
+per epoch across the workers, and each example's augmentation is a function of its place in its epoch,
+whichever worker makes it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import tensorflow as tf
 from datasets.budget import physical_memory_bytes
 from datasets.ops import decode
 from datasets.recipes import Recipe, compose
-from datasets.sources.base import DataError, Parse, Split, epoch_rows, rows_dataset, shuffle_share
+from datasets.sources.base import DataError, Parse, Split, shuffle_share
 
 SERVICE_CHUNK_BATCHES = 4  # per-replica batches of rows in each chunk the tf.data service hands a worker
 
@@ -89,25 +90,18 @@ def _positioned(ds: tf.data.Dataset, config: PipelineConfig, context: tf.distrib
 
 
 def _service_stream(split: Split, config: PipelineConfig, batch_size: int) -> tf.data.Dataset:
-    """(row, position) pairs of the training stream for the tf.data service. The only source its dispatcher
-    splits is a range of (epoch, chunk) indices, handed out in order: chunk j of C in epoch e is every C-th row of
-    the epoch's order from the j-th on (`epoch_rows`), and a row's position is e x N + its place in that order.
-    A resumed run restarts the data epoch its backup is in: delivery order through the service is not
-    deterministic, so the exact example cannot be found again."""
-    if not hasattr(split, "table"):
-        raise DataError(f"--data_service serves folders of image files and in-memory arrays; {type(split).__name__} "
+    """(element, position) pairs of the training stream for the tf.data service. The only source its
+    dispatcher splits is a range of chunk indices, handed out in order; C chunks make an epoch, each read on its
+    own (`service_chunk`: rows of a table split, one file of TFRecord shards). A resumed run restarts the data
+    epoch its backup is in: delivery order through the service is not deterministic, so the exact example
+    cannot be found again."""
+    if not hasattr(split, "service_chunk"):
+        raise DataError(f"--data_service serves image folders, arrays and TFRecord shards; {type(split).__name__} "
                         "data is read locally (leave --data_service unset)")
-    num_rows, table = len(split), split.table(config.recipe.targets)
-    chunks = max(1, num_rows // (SERVICE_CHUNK_BATCHES * batch_size))
-
-    def chunk(index: tf.Tensor) -> tf.data.Dataset:
-        epoch, share = index // chunks, index % chunks
-        rows = epoch_rows(num_rows, config.seed, epoch, share, chunks)
-        positions = epoch * num_rows + share + chunks * tf.range(tf.size(rows, out_type=tf.int64))
-        return tf.data.Dataset.zip(rows_dataset(table, rows), tf.data.Dataset.from_tensor_slices(positions))
-
-    first_epoch = config.skip_steps * config.global_batch_size // num_rows
-    return tf.data.Dataset.range(first_epoch * chunks, 2**62).flat_map(chunk)
+    chunks = split.service_chunks(SERVICE_CHUNK_BATCHES * batch_size)
+    first_epoch = config.skip_steps * config.global_batch_size // len(split)
+    return tf.data.Dataset.range(first_epoch * chunks, 2**62).flat_map(
+        lambda index: split.service_chunk(index, chunks, config.seed, config.recipe.targets))
 
 
 def _seeded(pairs: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], config: PipelineConfig,
@@ -169,9 +163,8 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
     batch_step = recipe.batch_step(cached)  # None: nothing to do per batch, and no map for it
     keep = _keep(*keys, *(["seed"] if batch_step else []))
     if config.data_service:  # every step in one map on the service's workers, from the row on
-        steps = [*fixed, _keep(*keys)] if fixed else []
-        ds = _seeded(_service_stream(split, config, batch_size), split.parse, compose(*steps, *random, keep), config,
-                     context)
+        steps = [*fixed, _keep(*keys, "seed")] if fixed else []
+        ds = _seeded(_service_stream(split, config, batch_size), parse, compose(*steps, *random, keep), config, context)
     else:
         if cached:
             bytes_per_example = recipe.cache_size(True) ** 2 * 3

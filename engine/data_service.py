@@ -5,9 +5,9 @@
     python launch.py --strategy=mirrored --data_service=grpc://HOST:5050 ...    (the trainer)
 
 The trainer sends the serialisable part of its training pipeline (`datasets/pipeline.py:batches`, graph ops
-only) to the dispatcher. Distributed-epoch mode: the dispatcher hands each epoch's chunks of rows to the
-workers in order, so every example goes out once per epoch across them, and a worker that dies loses only the
-chunks it held (at most once). The workers batch per replica; the trainer keeps the input clock and prefetch
+only) to the dispatcher. Distributed-epoch mode: the dispatcher hands each epoch's chunks (rows, or TFRecord
+shards) to the workers in order, so every example goes out once per epoch across them, and a worker that dies
+loses only the chunks it held (at most once). The workers batch per replica; the trainer keeps the input clock and prefetch
 (`client_tail`). Evaluation stays local. Parallel-epochs mode (every worker the whole stream) is not offered:
 the engine's stream is a function of (seed, epoch), so every worker would make the same examples.
 """

@@ -3,6 +3,7 @@ chunks of each epoch, every example once per epoch across the workers; training 
 with a worker killed mid-epoch."""
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -15,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from datasets import pipeline
-from datasets.recipes import Augment, ClassificationRecipe
-from datasets.sources import shapes
+from datasets.recipes import Augment, ClassificationRecipe, DetectionRecipe
+from datasets.sources import shapes, tfrecord
 from tests.conftest import REPO, start_data_service
 
 service = tf.data.experimental.service
@@ -34,20 +35,30 @@ def two_workers():
     dispatcher.stop()
 
 
-def test_every_example_goes_out_once_per_epoch_across_two_workers(tiny_shapes, two_workers):
-    split = shapes.shapes_source(tiny_shapes).splits["train"]
+@pytest.mark.parametrize("kind", ["files", "tfrecord"])
+def test_every_example_goes_out_once_per_epoch_across_two_workers(tiny_shapes, tmp_path, two_workers, kind):
+    split = shapes.shapes_source(tiny_shapes).splits["train"]  # a chunk: 32 rows of a table, 8 an epoch
+    if kind == "tfrecord":  # a chunk: one of 4 shard files
+        tfrecord.convert(shapes.shapes_source(tiny_shapes), str(tmp_path), num_shards=4)
+        split = tfrecord.tfrecord_source(str(tmp_path)).splits["train"]
     config = pipeline.PipelineConfig(ClassificationRecipe(32, Augment(crop_scale=(1.0, 1.0))), global_batch_size=8,
                                      training=True, data_service=two_workers)
-    pairs = pipeline._service_stream(split, config, batch_size=8)  # 256 rows: 8 chunks an epoch
-    served = pairs.map(lambda row, position: (row["id"], position)).apply(
+    _, parse = split.stream(tf.distribute.InputContext(), 0, True)
+    chunks = split.service_chunks(pipeline.SERVICE_CHUNK_BATCHES * 8)
+    epoch_of = (lambda position: position // len(split)) if kind == "files" else (
+        lambda position: (position >> 32) // chunks)
+    served = pipeline._service_stream(split, config, batch_size=8).map(
+        lambda element, position: ((parse(element) if parse else element)["id"], position)).apply(
         service.distribute("distributed_epoch", two_workers))
     by_epoch, seen = collections.defaultdict(collections.Counter), set()
-    for path, position in served.take(3 * len(split)).as_numpy_iterator():
+    for example_id, position in served.take(3 * len(split)).as_numpy_iterator():
         assert position not in seen, "no position goes out twice"
         seen.add(position)
-        by_epoch[position // len(split)][path.decode()] += 1
+        by_epoch[epoch_of(position)][example_id.decode()] += 1
+    every_id = sorted(r["id"].decode() for r in split.records(tf.distribute.InputContext(), 0, False).as_numpy_iterator())
+    assert len(every_id) == len(split) == 256
     for epoch in (0, 1):  # whole epochs (the third may still be in flight on the other worker)
-        assert sorted(by_epoch[epoch]) == sorted(split.paths) and set(by_epoch[epoch].values()) == {1}
+        assert sorted(by_epoch[epoch]) == every_id and set(by_epoch[epoch].values()) == {1}
 
 
 def test_the_mirrored_training_input_through_the_service_holds_each_example_once_an_epoch(tiny_shapes, tmp_path):
@@ -76,21 +87,28 @@ def test_the_mirrored_training_input_through_the_service_holds_each_example_once
     dispatcher.stop()
 
 
-def test_training_batches_through_the_service_are_the_local_pipelines_kind(tiny_shapes, two_workers):
+@pytest.mark.parametrize("kind", ["files", "tfrecord"])
+def test_training_batches_through_the_service_are_the_local_pipelines_kind(tiny_shapes, tmp_path, two_workers, kind):
+    # image files with classification's per-batch colour jitter; TFRecord shards with detection's letterbox
+    # (a deterministic step before the random ones) and Mosaic
     split = shapes.shapes_source(tiny_shapes).splits["train"]
-    local = pipeline.PipelineConfig(ClassificationRecipe(32, Augment(brightness=0.2)), global_batch_size=8,
-                                    training=True)
-    remote = pipeline.PipelineConfig(local.recipe, global_batch_size=8, training=True, data_service=two_workers,
-                                     service_job="test")
-    expected = pipeline.build_dataset(split, local).element_spec
+    recipe = ClassificationRecipe(32, Augment(brightness=0.2))
+    if kind == "tfrecord":
+        tfrecord.convert(shapes.shapes_source(tiny_shapes), str(tmp_path), num_shards=4)
+        split = tfrecord.tfrecord_source(str(tmp_path)).splits["train"]
+        recipe = DetectionRecipe(64, Augment(mosaic=1.0), max_boxes=8)
+    local = pipeline.PipelineConfig(recipe, global_batch_size=8, training=True)
+    remote = dataclasses.replace(local, data_service=two_workers, service_job=kind)
     ds = pipeline.build_dataset(split, remote)
-    assert ds.element_spec == expected, "static shapes, the same keys and types"
+    assert ds.element_spec == pipeline.build_dataset(split, local).element_spec, "static shapes, same keys, types"
     batches = list(ds.take(64).as_numpy_iterator())  # two epochs of 32 batches
-    assert all(batch["image"].shape == (8, 32, 32, 3) and batch["image"].std() > 0 for batch in batches)
-    labels = collections.Counter(int(label) for batch in batches for label in batch["label"])
-    expected_counts = collections.Counter(split.labels)
-    # two epochs, but for the examples of the epoch boundary still in flight (at most a chunk a worker)
-    assert all(abs(labels[label] - 2 * count) <= 2 * 32 for label, count in expected_counts.items())
+    assert all(batch["image"].std() > 0 for batch in batches)
+    if kind == "files":
+        labels = collections.Counter(int(label) for batch in batches for label in batch["label"])
+        # two epochs, but for the examples of the epoch boundary still in flight (at most a chunk a worker)
+        assert all(abs(labels[label] - 2 * count) <= 2 * 32 for label, count in collections.Counter(split.labels).items())
+    else:
+        assert all((batch["classes"] >= 0).any() for batch in batches), "every mosaic holds boxes"
 
 
 @pytest.mark.slow

@@ -79,6 +79,27 @@ class Streamed:
         return ds if parse is None else ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+class Tabled(Streamed):
+    """A split whose rows are held as columns in memory (`table`): any chunk of any epoch reads on its own."""
+
+    def table(self, targets: Targets = Targets()) -> dict[str, np.ndarray]:
+        """The split's rows as columns."""
+        raise NotImplementedError
+
+    def service_chunks(self, examples_per_chunk: int) -> int:
+        """How many chunks an epoch has for the tf.data service: about `examples_per_chunk` rows each."""
+        return max(1, len(self) // examples_per_chunk)
+
+    def service_chunk(self, index: tf.Tensor, chunks: int, seed: int, targets: Targets) -> tf.data.Dataset:
+        """(row, position) pairs of chunk `index` of the training stream (epoch index // chunks): every
+        `chunks`-th row of the epoch's order (`epoch_rows`) from the (index % chunks)-th on; a row's position
+        is epoch x N + its place in that order."""
+        epoch, share = index // chunks, index % chunks
+        rows = epoch_rows(len(self), seed, epoch, share, chunks)
+        positions = epoch * len(self) + share + chunks * tf.range(tf.size(rows, out_type=tf.int64))
+        return tf.data.Dataset.zip(rows_dataset(self.table(targets), rows), tf.data.Dataset.from_tensor_slices(positions))
+
+
 @dataclasses.dataclass
 class Source:
     """A dataset: class names and its splits."""
@@ -93,7 +114,7 @@ class Source:
 
 
 @dataclasses.dataclass
-class Examples(Streamed):
+class Examples(Tabled):
     """One split of loose image files: parallel lists, one entry per image."""
 
     paths: list[str]

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, epoch_rows, normalised,
+from datasets.sources.base import (DataError, Parse, Source, Tabled, Targets, epoch_rows, normalised,
                                    read_class_names, rows_dataset, shuffle_share)
 
 IDX_DTYPES = {0x08: np.uint8}
@@ -44,7 +44,7 @@ def _find(directory: str, prefix: str, kind: str) -> str:
 
 
 @dataclasses.dataclass
-class ArraySplit(Streamed):
+class ArraySplit(Tabled):
     """One split held in memory: uint8 images [n, h, w, c] and int labels [n]."""
 
     in_memory = True

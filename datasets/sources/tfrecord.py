@@ -26,8 +26,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, epoch_shuffle, normalised,
-                                   shard_warning, shuffle_share)
+from datasets.sources.base import (DataError, Parse, Source, Streamed, Targets, epoch_rows, epoch_shuffle,
+                                   normalised, shard_warning, shuffle_share)
 
 FORMAT = "tfdata-engine-tfrecord-v1"
 FEATURES = {
@@ -82,6 +82,20 @@ class TFRecordSplit(Streamed):
         if shuffle:
             ds = shuffle_share(ds, len(self), self.mean_record_bytes, context, seed, epoch)
         return ds, lambda record: _parse(record, targets)
+
+    def service_chunks(self, examples_per_chunk: int) -> int:
+        """For the tf.data service, a chunk is one shard file."""
+        return len(self.files)
+
+    def service_chunk(self, index: tf.Tensor, chunks: int, seed: int, targets: Targets) -> tf.data.Dataset:
+        """(record, position) pairs of chunk `index` of the training stream: one shard of epoch
+        index // chunks (the epoch's order of shards, `epoch_rows`), its records shuffled as a function of
+        (seed, epoch); a record's position is index x 2^32 + its place in the chunk."""
+        epoch, share = index // chunks, index % chunks
+        files = tf.gather(tf.constant(self.files), epoch_rows(len(self.files), seed, epoch, share, chunks))
+        ds = shuffle_share(tf.data.TFRecordDataset(files), max(self.counts), self.mean_record_bytes,
+                           tf.distribute.InputContext(), seed, epoch)
+        return ds.enumerate().map(lambda place, record: (record, index * 2**32 + place))
 
     def most_boxes(self) -> int:
         """The most boxes in one image, as the converter counted them (metadata.json)."""
