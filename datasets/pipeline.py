@@ -119,7 +119,8 @@ def _seeded(pairs: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], 
 
 
 def _epochs(one_epoch: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
-    """Epoch after epoch of `one_epoch(epoch)`, each shuffled as a function of its index (`epoch_shuffle`)."""
+    """Epoch after epoch of `one_epoch(epoch)`, each in an order that is a function of its index (`epoch_rows`,
+    `epoch_shuffle`)."""
     return tf.data.Dataset.range(2**62).flat_map(one_epoch)
 
 

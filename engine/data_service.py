@@ -7,9 +7,9 @@
 The trainer sends the serialisable part of its training pipeline (`datasets/pipeline.py:batches`, graph ops
 only) to the dispatcher. Distributed-epoch mode: the dispatcher hands each epoch's chunks (rows, or TFRecord
 shards) to the workers in order, so every example goes out once per epoch across them, and a worker that dies
-loses only the chunks it held (at most once). The workers batch per replica; the trainer keeps the input clock and prefetch
-(`client_tail`). Evaluation stays local. Parallel-epochs mode (every worker the whole stream) is not offered:
-the engine's stream is a function of (seed, epoch), so every worker would make the same examples.
+loses only the chunks it held (at most once). The workers batch per replica; the trainer keeps the input clock
+and prefetch (`client_tail`). Evaluation stays local. Parallel-epochs mode (every worker the whole stream) is
+not offered: the engine's stream is a function of (seed, epoch), so every worker would make the same examples.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def serve(config: Config) -> dict:
     """Runs a dispatcher or a worker server until the process is stopped."""
     service = tf.data.experimental.service
     if config.mode == "data_dispatcher":
-        server = service.DispatchServer(service.DispatcherConfig(
-            port=config.port, work_dir=config.data_service_dir or None, fault_tolerant_mode=bool(config.data_service_dir)))
+        journal = config.data_service_dir or None
+        server = service.DispatchServer(service.DispatcherConfig(port=config.port, work_dir=journal,
+                                                                 fault_tolerant_mode=journal is not None))
         print(f"[data_service] dispatcher at grpc://localhost:{config.port}: start workers with --mode=data_worker "
               f"--dispatcher=HOST:{config.port}, then train with --data_service=grpc://HOST:{config.port}", flush=True)
     else:

@@ -26,18 +26,24 @@ def _trainable_weights(model_dir: str, weights_h5: str) -> list[np.ndarray]:
     return [np.asarray(v) for v in model.trainable_weights]
 
 
-@pytest.mark.slow
-def test_two_workers_train_one_model(tiny_shapes, tmp_path):
-    model_dir = str(tmp_path / "mwms")
+def _start_workers(model_dir: str, dataset: str, *flags: str) -> list[subprocess.Popen]:
+    """Two multi_worker_mirrored worker processes of one run, on fresh localhost ports."""
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
     processes = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
         processes.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{tiny_shapes}",
-             "--strategy=multi_worker_mirrored", "--epochs=2", "--batch_size=32", "--image_size=32",
-             "--verbose=2", f"--model_dir={model_dir}"],
+            [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{dataset}",
+             "--strategy=multi_worker_mirrored", "--image_size=32", "--verbose=2",
+             f"--model_dir={model_dir}", *flags],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return processes
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_model(tiny_shapes, tmp_path):
+    model_dir = str(tmp_path / "mwms")
+    processes = _start_workers(model_dir, tiny_shapes, "--epochs=2", "--batch_size=32")
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for process, output in zip(processes, outputs):
         assert process.returncode == 0, output[-3000:]
@@ -53,20 +59,6 @@ def test_two_workers_train_one_model(tiny_shapes, tmp_path):
     assert len(chief) == len(other) > 10
     for a, b in zip(chief, other):
         np.testing.assert_array_equal(a, b)
-
-
-def _start_workers(model_dir: str, dataset: str, *flags: str) -> list[subprocess.Popen]:
-    """Two multi_worker_mirrored worker processes of one run, on fresh localhost ports."""
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
-    processes = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
-        processes.append(subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "launch.py"), f"--dataset=shapes:{dataset}",
-             "--strategy=multi_worker_mirrored", "--batch_size=8", "--image_size=32", "--verbose=2",
-             f"--model_dir={model_dir}", *flags],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    return processes
 
 
 def _metadata(model_dir: str, worker: int) -> dict:
@@ -89,7 +81,7 @@ def _when_past_epoch_one(model_dir: str, processes: list[subprocess.Popen]) -> N
         time.sleep(0.05)
 
 
-FLAGS = ["--epochs=3", "--checkpoint_steps=4", "--deterministic"]
+FLAGS = ["--epochs=3", "--batch_size=8", "--checkpoint_steps=4", "--deterministic"]
 
 
 @pytest.mark.slow
@@ -142,7 +134,7 @@ def test_two_workers_train_through_the_data_service_with_several_steps_per_execu
     # both trainer workers read one tf.data service job; Keras' multi-step loop is replaced (keras_patches)
     address, servers = start_data_service(workers=2)
     model_dir = str(tmp_path / "served")
-    processes = _start_workers(model_dir, tiny_shapes, "--epochs=2", f"--data_service={address}",
+    processes = _start_workers(model_dir, tiny_shapes, "--epochs=2", "--batch_size=8", f"--data_service={address}",
                                "--steps_per_execution=4")
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     for server in servers:

@@ -97,7 +97,8 @@ class Tabled(Streamed):
         epoch, share = index // chunks, index % chunks
         rows = epoch_rows(len(self), seed, epoch, share, chunks)
         positions = epoch * len(self) + share + chunks * tf.range(tf.size(rows, out_type=tf.int64))
-        return tf.data.Dataset.zip(rows_dataset(self.table(targets), rows), tf.data.Dataset.from_tensor_slices(positions))
+        rows_and_positions = (rows_dataset(self.table(targets), rows), tf.data.Dataset.from_tensor_slices(positions))
+        return tf.data.Dataset.zip(rows_and_positions)
 
 
 @dataclasses.dataclass
