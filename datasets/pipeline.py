@@ -147,34 +147,34 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
     # every encoded image is checked before it is decoded; elements are parsed inside the first map
     fixed, random = ([decode.check_encoded, *fixed], random) if fixed else ([], [decode.check_encoded, *random])
     keys = recipe.output_keys(config.training)
-    shuffled = config.training and not cached  # a cache is shuffled after it, as it is read
-    _, parse = split.stream(context, config.seed, shuffled, recipe.targets)
-
-    def one_pass(epoch: tf.Tensor | None) -> tf.data.Dataset:
-        """The split once (in epoch `epoch`'s order when shuffled), through the deterministic steps."""
-        ds, _ = split.stream(context, config.seed, shuffled, recipe.targets, epoch if shuffled else None)
-        if not fixed:
-            return ds
-        return ds.map(compose(*([parse] if parse else []), *fixed, _keep(*keys)), num_parallel_calls=parallel)
-
-    stored = _cache(one_pass(None), config, context) if cached else None  # train and val alike
-    if not config.training:
-        ds = _pad_to_full_batches(stored if cached else one_pass(None), len(split), config, context)
-        return ds.batch(batch_size, drop_remainder=True)
-    batch_step = recipe.batch_step(cached)  # None: nothing to do per batch, and no map for it
-    keep = _keep(*keys, *(["seed"] if batch_step else []))
-    if config.data_service:  # every step in one map on the service's workers, from the row on
+    keep = _keep(*keys, *(["seed"] if recipe.batch_step(cached) else []))  # the seed, if a per-batch step needs it
+    if config.training and config.data_service:  # every step in one map on the service's workers, from the row on
+        _, parse = split.stream(context, config.seed, False, recipe.targets)
         steps = [*fixed, _keep(*keys, "seed")] if fixed else []
         ds = _seeded(_service_stream(split, config, batch_size), parse, compose(*steps, *random, keep), config, context)
-    else:
-        if cached:
-            bytes_per_example = recipe.cache_size(True) ** 2 * 3
-            ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed,
-                                                     epoch))
-        else:
-            ds = _epochs(one_pass)
-        ds = _seeded(_positioned(ds, config, context), None if fixed else parse, compose(*random, keep), config,
-                     context)
+        return _batched(ds, config, batch_size, parallel)
+    # a cache is filled in a fixed order and shuffled as it is read; training streams shuffle every epoch
+    streamed = config.training and not cached
+    ds, parse = (split.epochs(context, config.seed, recipe.targets) if streamed
+                 else split.stream(context, config.seed, False, recipe.targets))
+    if fixed:  # the deterministic steps, in the first map
+        ds = ds.map(compose(*([parse] if parse else []), *fixed, _keep(*keys)), num_parallel_calls=parallel)
+    if cached:
+        ds = _cache(ds, config, context)  # train and val alike
+    if not config.training:
+        return _pad_to_full_batches(ds, len(split), config, context).batch(batch_size, drop_remainder=True)
+    if cached:
+        stored, bytes_per_example = ds, recipe.cache_size(True) ** 2 * 3
+        ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed, epoch))
+    ds = _seeded(_positioned(ds, config, context), None if fixed else parse, compose(*random, keep), config, context)
+    return _batched(ds, config, batch_size, parallel)
+
+
+def _batched(ds: tf.data.Dataset, config: PipelineConfig, batch_size: int, parallel: int) -> tf.data.Dataset:
+    """Training's examples in batches of `batch_size`, through the recipe's per-batch step if it has one
+    (which augments `batch_group` batches at once)."""
+    recipe = config.recipe
+    batch_step = recipe.batch_step(config.cache != "none")  # None: nothing to do per batch, and no map for it
     ds = ds.batch(recipe.batch_group * batch_size, drop_remainder=True)
     if batch_step:
         ds = ds.map(batch_step, num_parallel_calls=parallel)

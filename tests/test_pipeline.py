@@ -145,20 +145,37 @@ def test_bad_cache_flag_is_rejected():
         Config(cache="disk:")
 
 
+def _parsed(ds: tf.data.Dataset, parse) -> tf.data.Dataset:
+    """A split's stream as records."""
+    return ds.map(parse) if parse else ds
+
+
 @pytest.mark.parametrize("num_shards", [1, 4])
 def test_each_source_gives_two_pipelines_disjoint_complete_epochs(tiny_shapes, tmp_path, num_shards):
-    """Training-mode record streams: with 2 pipelines every example is read exactly once per epoch, by
-    file-level sharding (4 shards) or by example-level sharding (1 shard)."""
+    """Record streams: with 2 pipelines every example is read exactly once per epoch, by file-level sharding (4
+    shards) or by example-level sharding (1 shard), shuffled (`records`) and in training's epoch stream
+    (`epochs`: two epochs, each complete, in different orders that a second stream repeats)."""
     from datasets.sources import idx, tfrecord
     shapes_source = shapes.shapes_source(tiny_shapes)
     tfrecord.convert(shapes_source, str(tmp_path), num_shards=num_shards)
     arrays = idx.ArraySplit(np.zeros((10, 4, 4, 1), np.uint8), np.arange(10), "arrays")
     for split in (shapes_source.splits["train"], tfrecord.tfrecord_source(str(tmp_path)).splits["train"], arrays):
-        seen = collections.Counter()
+        seen, shares = collections.Counter(), []
         for pipeline_id in range(2):
             context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
-            seen.update(r["id"] for r in split.records(context, seed=5, shuffle=True).as_numpy_iterator())
+            shares.append([r["id"] for r in split.records(context, seed=5, shuffle=True).as_numpy_iterator()])
+            seen.update(shares[-1])
         assert len(seen) == len(split) and set(seen.values()) == {1}
+        epochs = []  # per pipeline, its first two epochs of training's stream
+        for pipeline_id, share in enumerate(shares):
+            context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
+            ids, again = ([r["id"] for r in _parsed(*split.epochs(context, seed=5)).take(2 * len(share))
+                           .as_numpy_iterator()] for _ in range(2))
+            assert ids == again, "the epoch stream is a function of (seed, epoch)"
+            epochs.append((ids[:len(share)], ids[len(share):]))
+            assert epochs[-1][0] != epochs[-1][1], "each epoch in its own order"
+        for epoch in range(2):
+            assert sorted(epochs[0][epoch] + epochs[1][epoch]) == sorted(seen)
 
 
 def test_batches_are_graph_only_and_the_tf_data_service_serves_them_unchanged(tiny_shapes):

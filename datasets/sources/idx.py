@@ -14,8 +14,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from datasets.sources.base import (DataError, Parse, Source, Tabled, Targets, epoch_rows, normalised,
-                                   read_class_names, rows_dataset, shuffle_share)
+from datasets.sources.base import (DataError, Parse, Source, Tabled, Targets, normalised, read_class_names,
+                                   shuffle_share)
 
 IDX_DTYPES = {0x08: np.uint8}
 PREFIXES = {"train": "train", "val": "t10k"}
@@ -65,17 +65,14 @@ class ArraySplit(Tabled):
                 "id": np.char.add(f"{self.name}[", np.char.add(np.arange(len(self)).astype(str), "]"))}
 
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
-               targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
-        """One epoch of this pipeline's share: records already. With `epoch` (training), every n-th of the
-        epoch's order (`epoch_rows`); else every n-th example, reshuffled every iteration when `shuffle`."""
-        if shuffle and epoch is not None:
-            rows = epoch_rows(len(self), seed, epoch, context.input_pipeline_id, context.num_input_pipelines)
-            return rows_dataset(self.table(targets), rows), None
+               targets: Targets = Targets()) -> tuple[tf.data.Dataset, Parse]:
+        """One epoch of this pipeline's share, records already: every n-th example, reshuffled every iteration
+        when `shuffle`."""
         ds = tf.data.Dataset.from_tensor_slices(self.table(targets))
         if context.num_input_pipelines > 1:
             ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         if shuffle:
-            ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed, epoch)
+            ds = shuffle_share(ds, len(self), self.images[0].nbytes, context, seed)
         return ds, None
 
     def most_boxes(self) -> int:

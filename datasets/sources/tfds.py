@@ -31,7 +31,8 @@ class TFDSSplit(Streamed):
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share: TFDS file-level sharding when training over enough files,
-        else every pipeline reads all files in order and keeps every n-th example."""
+        else every pipeline reads all files in order and keeps every n-th example; with `epoch` (`epochs`),
+        shuffled by (seed, epoch)."""
         targets.require_none("TFDS data")
         import tensorflow_datasets as tfds
 

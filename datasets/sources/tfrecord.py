@@ -58,7 +58,8 @@ class TFRecordSplit(Streamed):
     def stream(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                targets: Targets = Targets(), epoch: tf.Tensor | None = None) -> tuple[tf.data.Dataset, Parse]:
         """One epoch of this pipeline's share, serialized: whole shards per pipeline when there are enough of them (and
-        training), else every pipeline reads all shards in a fixed order and keeps every n-th example."""
+        training), else every pipeline reads all shards in a fixed order and keeps every n-th example; with `epoch`
+        (`epochs`), shuffled by (seed, epoch)."""
         missing = Targets(masks=targets.masks and not self.has_masks,
                           max_boxes=0 if self.has_boxes else targets.max_boxes)
         missing.require_none(f"TFRecord data {os.path.dirname(self.files[0])}")
