@@ -30,7 +30,7 @@ import tensorflow as tf
 from datasets.budget import physical_memory_bytes
 from datasets.ops import decode
 from datasets.recipes import Recipe, compose
-from datasets.sources.base import DataError, Parse, Split, shuffle_share
+from datasets.sources.base import DataError, Parse, Split, every_epoch, shuffle_share
 
 SERVICE_CHUNK_BATCHES = 4  # per-replica batches of rows in each chunk the tf.data service hands a worker
 
@@ -118,12 +118,6 @@ def _seeded(pairs: tf.data.Dataset, parse: Parse, step: Callable[[dict], dict], 
     return pairs.map(apply, num_parallel_calls=config.map_parallelism or tf.data.AUTOTUNE)
 
 
-def _epochs(one_epoch: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
-    """Epoch after epoch of `one_epoch(epoch)`, each in an order that is a function of its index (`epoch_rows`,
-    `epoch_shuffle`)."""
-    return tf.data.Dataset.range(2**62).flat_map(one_epoch)
-
-
 def _keep(*keys: str) -> Callable[[dict], dict]:
     return lambda example: {k: example[k] for k in keys}
 
@@ -147,12 +141,13 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
     # every encoded image is checked before it is decoded; elements are parsed inside the first map
     fixed, random = ([decode.check_encoded, *fixed], random) if fixed else ([], [decode.check_encoded, *random])
     keys = recipe.output_keys(config.training)
-    keep = _keep(*keys, *(["seed"] if recipe.batch_step(cached) else []))  # the seed, if a per-batch step needs it
+    batch_step = recipe.batch_step(cached)  # None: nothing to do per batch, and no map for it
+    keep = _keep(*keys, *(["seed"] if batch_step else []))  # the seed, if the per-batch step needs it
     if config.training and config.data_service:  # every step in one map on the service's workers, from the row on
         _, parse = split.stream(context, config.seed, False, recipe.targets)
         steps = [*fixed, _keep(*keys, "seed")] if fixed else []
         ds = _seeded(_service_stream(split, config, batch_size), parse, compose(*steps, *random, keep), config, context)
-        return _batched(ds, config, batch_size, parallel)
+        return _batched(ds, recipe, batch_size, batch_step, parallel)
     # a cache is filled in a fixed order and shuffled as it is read; training streams shuffle every epoch
     streamed = config.training and not cached
     ds, parse = (split.epochs(context, config.seed, recipe.targets) if streamed
@@ -165,16 +160,16 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
         return _pad_to_full_batches(ds, len(split), config, context).batch(batch_size, drop_remainder=True)
     if cached:
         stored, bytes_per_example = ds, recipe.cache_size(True) ** 2 * 3
-        ds = _epochs(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed, epoch))
+        ds = every_epoch(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed,
+                                                     epoch))
     ds = _seeded(_positioned(ds, config, context), None if fixed else parse, compose(*random, keep), config, context)
-    return _batched(ds, config, batch_size, parallel)
+    return _batched(ds, recipe, batch_size, batch_step, parallel)
 
 
-def _batched(ds: tf.data.Dataset, config: PipelineConfig, batch_size: int, parallel: int) -> tf.data.Dataset:
-    """Training's examples in batches of `batch_size`, through the recipe's per-batch step if it has one
-    (which augments `batch_group` batches at once)."""
-    recipe = config.recipe
-    batch_step = recipe.batch_step(config.cache != "none")  # None: nothing to do per batch, and no map for it
+def _batched(ds: tf.data.Dataset, recipe: Recipe, batch_size: int, batch_step: Callable[[dict], dict] | None,
+             parallel: int) -> tf.data.Dataset:
+    """Training's examples in batches of `batch_size`, through the recipe's `batch_step` if it has one (which
+    augments `batch_group` batches at once)."""
     ds = ds.batch(recipe.batch_group * batch_size, drop_remainder=True)
     if batch_step:
         ds = ds.map(batch_step, num_parallel_calls=parallel)

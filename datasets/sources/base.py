@@ -81,8 +81,7 @@ class Streamed:
                ) -> tuple[tf.data.Dataset, Parse]:
         """Training's stream (see `Split.epochs`): `stream` of epoch 0, 1, ..."""
         _, parse = self.stream(context, seed, True, targets)
-        return tf.data.Dataset.range(2**62).flat_map(
-            lambda epoch: self.stream(context, seed, True, targets, epoch)[0]), parse
+        return every_epoch(lambda epoch: self.stream(context, seed, True, targets, epoch)[0]), parse
 
     def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                 targets: Targets = Targets()) -> tf.data.Dataset:
@@ -270,6 +269,11 @@ def epoch_rows(num_rows: int, seed: int, epoch: tf.Tensor, share: int | tf.Tenso
     order = tf.random.experimental.stateless_shuffle(
         tf.range(num_rows, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
     return order[share::shares]
+
+
+def every_epoch(one_epoch: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
+    """Epoch after epoch of `one_epoch(epoch)` (each shuffled as a function of its index: `epoch_shuffle`)."""
+    return tf.data.Dataset.range(2**62).flat_map(one_epoch)
 
 
 def rows_dataset(table: dict[str, np.ndarray | tf.Tensor], rows: tf.Tensor) -> tf.data.Dataset:
