@@ -9,8 +9,8 @@ A recipe gives
   batch_step()      training's random steps per batch (None when there are none)
 and `datasets/pipeline.py` runs any recipe the same way.
 
-- classification: random-resized crop fused with decoding, flip and RandAugment per example; colour jitter,
-  MixUp and CutMix (soft labels) per batch.
+- classification: random-resized crop fused with decoding and flip per example; RandAugment (each image from
+  its own seed), colour jitter, MixUp and CutMix (soft labels) per batch.
 - segmentation: letterbox and random zoom, position and flip of image and mask together, in one resampling
   per example; with a cache, the letterbox is cached and the random move is per batch; then colour jitter on
   the image, per batch.
@@ -157,11 +157,9 @@ class ClassificationRecipe(Recipe):
 
     def training_steps(self, cached: bool) -> tuple[list[ExampleFn], list[ExampleFn]]:
         """The same random-resized crop with or without a cache: fused with decoding, or of the cached, larger
-        images (new crops every epoch). Then flip and RandAugment."""
+        images (new crops every epoch). Then flip."""
         augment = self.augment
         after_crop = [decode.random_flip] if augment.flip else []
-        if augment.randaugment_ops:
-            after_crop.append(randaugment(augment.randaugment_ops, augment.randaugment_magnitude))
         if augment.crop_scale[0] >= 1.0:  # whole images: decoded and resized once, cached at the input size
             whole = decode.decode_resize(self.image_size, self.dct_ratios)
             return ([whole], after_crop) if cached else ([], [whole, *after_crop])
@@ -171,13 +169,15 @@ class ClassificationRecipe(Recipe):
         return [], [decode.decode_random_crop(self.image_size, augment.crop_scale, self.dct_ratios), *after_crop]
 
     def batch_step(self, cached: bool) -> Callable[[dict], dict] | None:
-        """Colour jitter, then MixUp/CutMix with soft labels."""
+        """RandAugment of each image (from its own seed: as it would be per example, at less cost per image), colour
+        jitter, then MixUp/CutMix with soft labels."""
         augment = self.augment
-        if not (any(augment.color.values()) or augment.mixup or augment.cutmix):
+        if not (augment.randaugment_ops or any(augment.color.values()) or augment.mixup or augment.cutmix):
             return None
+        each = randaugment(augment.randaugment_ops, augment.randaugment_magnitude) if augment.randaugment_ops else None
 
         def apply(batch: dict) -> dict:
-            batch = _jitter(batch, augment)
+            batch = _jitter(each(batch) if each else batch, augment)
             if augment.mixup or augment.cutmix:
                 labels = tf.one_hot(batch["label"], augment.num_classes)
                 images, labels = mixing.mix(batch["image"], labels, augment.mixup, augment.cutmix,
