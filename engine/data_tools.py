@@ -51,11 +51,13 @@ def inspect(config: Config) -> dict:
 
 
 def preview(job: Job) -> list[str]:
-    """Draws `--preview_batches` augmented training batches (one input pipeline, as the run's first replica
-    sees them) with their class names into the run directory and TensorBoard; returns the PNG paths."""
+    """Draws `--preview_batches` augmented training batches (one input pipeline) with their class names into the
+    run directory and TensorBoard; returns the PNG paths. They are read without the cache: the same
+    augmentation, but not a cache's shuffle buffer, which would decode the whole split for three batches."""
+    uncached = dataclasses.replace(job.pipeline_config(training=True, served=False), cache="none")
     with tools.naming_bad_files(job.source):
-        batches = list(pipeline.build_dataset(job.train_split, job.pipeline_config(training=True, served=False))
-                       .take(job.config.preview_batches).as_numpy_iterator())
+        batches = list(pipeline.build_dataset(job.train_split, uncached).take(job.config.preview_batches)
+                       .as_numpy_iterator())
     paths = preview_images.write(batches, job.task.class_names, job.model_dir, job.config.ignore_value)
     if paths:
         print(f"[engine] {len(paths)} preview grids of augmented training batches in "

@@ -1,7 +1,8 @@
 """Devices and tf.distribute strategies (`--strategy`, `--cpu_replicas`, `--tpu`).
 
 On a host without GPUs, `mirrored` splits the CPU into `--cpu_replicas` virtual devices so the replicated
-code path (per-replica batches, cross-replica reduction, SyncOnRead metrics) is the one that runs.
+code path (per-replica batches, cross-replica reduction, SyncOnRead metrics) is the one that runs; each
+device's ops run on its share of the cores (`_share_cores`).
 """
 
 from __future__ import annotations
