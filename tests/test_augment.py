@@ -177,6 +177,21 @@ def test_shapes_are_static_and_same_seed_gives_identical_batches(tiny_shapes, ki
         assert (labels.max(axis=1) < 0.999).any(), "MixUp/CutMix must mix"
 
 
+def test_randaugment_of_a_batch_is_each_image_from_its_own_seed():
+    """Per batch, every image gets what it would get alone: its result depends on its seed, not its batch."""
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 256, (6, 32, 32, 3)).astype(np.uint8))
+    seeds = tf.constant(np.stack([np.full(6, 7), np.arange(6)], axis=1), tf.int64)
+    augment = randaugment.randaugment(2, 9.0)
+    together = augment({"image": images, "seed": seeds})["image"].numpy()
+    for i in range(6):
+        alone = augment({"image": images[i:i + 1], "seed": seeds[i:i + 1]})["image"].numpy()[0]
+        np.testing.assert_array_equal(together[i], alone)
+    reordered = augment({"image": images[::-1], "seed": seeds[::-1]})["image"].numpy()
+    np.testing.assert_array_equal(reordered, together[::-1])
+    assert (together != images.numpy()).any(axis=(1, 2, 3)).sum() >= 4, "RandAugment 2x9 changes most images"
+
+
 def test_randaugment_operations_keep_shape_and_are_identity_at_magnitude_zero():
     rng = np.random.default_rng(0)
     image = tf.constant(rng.integers(100, 111, (32, 32, 3)).astype(np.float32))

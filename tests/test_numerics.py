@@ -1,5 +1,9 @@
 """Device-aware precision/XLA defaults, strategy errors and replicated evaluation."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import keras
@@ -11,6 +15,7 @@ from engine import devices, precision, tasks
 from engine.config import Config, FlagError
 
 CPU = devices.DeviceInfo("CPU", ("/cpu:0",))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("device, expected", [
@@ -85,3 +90,14 @@ def test_mirrored_evaluation_equals_single_device_evaluation(tiny_shapes):
     expected = float(np.mean(reference.predict(images, verbose=0).argmax(-1) == source.splits["val"].labels))
     assert results["one_device"]["accuracy"] == pytest.approx(expected, abs=1e-6)
     assert results["mirrored"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_mirrored_on_the_cpu_gives_each_replica_its_share_of_the_cores():
+    """A fresh process (as launch.py) running --strategy=mirrored on 2 virtual CPU devices uses cores // 2
+    threads per op; one_device keeps TensorFlow's default (0: all cores)."""
+    code = ("import sys, tensorflow as tf; from engine import devices; devices.build_strategy(sys.argv[1], 2); "
+            "print(tf.config.threading.get_intra_op_parallelism_threads())")
+    cores = len(os.sched_getaffinity(0))
+    threads = {name: subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, check=True,
+                                    cwd=ROOT).stdout.split()[-1] for name in ("mirrored", "one_device")}
+    assert threads == {"mirrored": str(max(1, cores // 2)), "one_device": "0"}
