@@ -7,7 +7,9 @@ summary.json, because those callbacks run after this one and read the same logs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -103,19 +105,40 @@ class MetricDetails(keras.callbacks.Callback):
 
 class EMAWeights(keras.callbacks.SwapEMAWeights):
     """Keras' SwapEMAWeights(swap_on_epoch=True): after each epoch the model holds the averaged weights (for
-    validation, evaluators and checkpoints; place it after the StepBackup, which must save the raw ones), and
-    the raw ones again when the next epoch trains. `at_stop()`, placed after EarlyStopping, readies the
-    averages for the end of `fit` when a run stops early (Keras does that only after the last planned epoch)."""
+    validation, evaluators and checkpoints; the epoch-end backup saves the raw ones inside `raw_weights`), and
+    the raw ones again when the next epoch trains. Keras would also make the averages the raw weights after the
+    fit's last epoch, before the backup; `at_fit_end()`, placed after the backup, does that instead, after the
+    last epoch or a stop, and only if the fit `ends_training` (not one that finishes an interrupted epoch)."""
 
-    def __init__(self):
+    def __init__(self, ends_training: bool = True):
         super().__init__(swap_on_epoch=True)
+        self.ends_training = ends_training
 
-    def at_stop(self) -> keras.callbacks.Callback:
-        """A callback that keeps the averaged weights in the model when fit ends before its last epoch."""
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+    def at_fit_end(self) -> keras.callbacks.Callback:
+        """The callback that leaves only the averages in the model (what `fit` then keeps) after the fit's last
+        epoch if the fit ends training, and after an early stop."""
         def finalize(epoch, logs=None):
-            if self.model.stop_training and self._ema_weights_in_model:
+            last = self.ends_training and epoch == self.params["epochs"] - 1
+            if (last or self.model.stop_training) and self._ema_weights_in_model:
                 self._finalize_ema_values()
         return keras.callbacks.LambdaCallback(on_epoch_end=finalize)
+
+    @contextlib.contextmanager
+    def raw_weights(self) -> Iterator[None]:
+        """Inside the block the model holds its raw weights, also where the averages are swapped in."""
+        swapped = self._ema_weights_in_model
+        if swapped:
+            self._swap_variables()
+        try:
+            yield
+        finally:
+            if swapped:
+                self._swap_variables()
 
 
 class CSVLogger(keras.callbacks.CSVLogger):

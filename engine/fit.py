@@ -7,6 +7,7 @@ checkpoint and history of the earlier run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -86,14 +87,17 @@ def _backup_root(job: Job, chief: bool = False) -> str:
 
 
 def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate: bool, backup_dir: str,
-               stopper: keras.callbacks.EarlyStopping | None, first_epoch: int, first_step: int
+               stopper: keras.callbacks.EarlyStopping | None, first_epoch: int, first_step: int, ends_phase: bool
                ) -> list[keras.callbacks.Callback]:
-    """In order: throughput first (it adds to the logs the others read); the NaN guard before the backup (no
-    non-finite state is backed up), SIGTERM after it; the backup of the raw weights before --ema_decay's
-    averages replace them for the evaluators, early stopping and the checkpoints."""
+    """In order: throughput first (it adds to the logs the others read); the NaN guard before the step backups (no
+    non-finite state is backed up), SIGTERM after them; --ema_decay's averages swapped in for the evaluators,
+    early stopping and the chief's checkpoint, history row and TensorBoard; then the epoch-end backup (of the
+    raw weights), so that a run resumed from it has that epoch's files; last, after a fit's last epoch, only
+    the averages kept if the fit `ends_phase` (not if it only trains the rest of an interrupted epoch)."""
     config = job.config
-    ema = engine_callbacks.EMAWeights() if config.ema_decay else None
-    backup = recovery.StepBackup(backup_dir, config.checkpoint_steps, first_epoch, first_step)
+    ema = engine_callbacks.EMAWeights(ends_training=ends_phase) if config.ema_decay else None
+    backup = recovery.StepBackup(backup_dir, config.checkpoint_steps, first_epoch, first_step,
+                                 raw_weights=ema.raw_weights if ema else contextlib.nullcontext)
     result = [
         throughput,
         engine_callbacks.MetricDetails(),  # per-class values of metrics that have them
@@ -104,22 +108,20 @@ def _callbacks(job: Job, throughput: engine_callbacks.ThroughputLogger, validate
         *([ema] if ema else []),
         *(evaluate.evaluators(job) if validate else []),  # metrics computed outside the graph (detection mAP)
         *([stopper] if stopper else []),  # every worker sees the same all-reduced logs, so all stop together
-        *([ema.at_stop()] if ema and stopper else []),
     ]
-    if not job.is_chief:
-        return result
-    history_csv = os.path.join(job.model_dir, "history.csv")
-    monitor = job.task.best_metric if validate else "loss"
-    result += [
-        engine_callbacks.AtomicModelCheckpoint(os.path.join(job.model_dir, "best.keras"), monitor=monitor,
-                                               mode="max" if validate else "min", save_best_only=True,
-                                               initial_value_threshold=_best_so_far(history_csv, monitor)
-                                               if validate else None),
-        engine_callbacks.CSVLogger(history_csv, append=True),
-        keras.callbacks.TensorBoard(os.path.join(job.model_dir, "tensorboard"), write_graph=False,
-                                    update_freq="epoch", profile_batch=profile_batches(job.config.profile_steps)),
-    ]
-    return result
+    if job.is_chief:
+        history_csv = os.path.join(job.model_dir, "history.csv")
+        monitor = job.task.best_metric if validate else "loss"
+        result += [
+            engine_callbacks.AtomicModelCheckpoint(os.path.join(job.model_dir, "best.keras"), monitor=monitor,
+                                                   mode="max" if validate else "min", save_best_only=True,
+                                                   initial_value_threshold=_best_so_far(history_csv, monitor)
+                                                   if validate else None),
+            engine_callbacks.CSVLogger(history_csv, append=True),
+            keras.callbacks.TensorBoard(os.path.join(job.model_dir, "tensorboard"), write_graph=False,
+                                        update_freq="epoch", profile_batch=profile_batches(job.config.profile_steps)),
+        ]
+    return result + [backup.at_epoch_end(), *([ema.at_fit_end()] if ema else [])]
 
 
 def _spans(job: Job, model: keras.Model, phase: finetune.Phase, backup_dir: str) -> list[tuple[int, int, int]]:
@@ -174,11 +176,16 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
                     initial_epoch=first_epoch, epochs=end_epoch, steps_per_epoch=job.steps.steps_per_epoch - first_step,
                     # No validation_steps: the evaluation dataset ends after one pass (see pipeline.batches).
                     validation_data=job.dataset(training=False) if validate else None,
-                    callbacks=_callbacks(job, throughput, validate, backups[index], stopper, first_epoch, first_step),
+                    callbacks=_callbacks(job, throughput, validate, backups[index], stopper, first_epoch, first_step,
+                                         ends_phase=end_epoch == phase.end_epoch),
                     verbose=config.verbose, shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
                 )
             if model.stop_training:
                 break
+            if end_epoch < phase.end_epoch:
+                # Only the rest of an interrupted epoch: the end of Keras' fit copied one of --ema_decay's raw
+                # weights and averages onto the other; the epoch's backup holds both.
+                recovery.restore(model, backups[index])
         if stopper and stopper.stopped_epoch:
             stopped.append(f"{f'{phase.name} phase ' if len(phases) > 1 else ''}after epoch "
                            f"{stopper.stopped_epoch + 1}: no new best {job.task.best_metric} in {config.patience} epochs")

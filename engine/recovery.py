@@ -2,23 +2,26 @@
 
 A backup (`StepBackup`) is the model's and the optimizer's weights in `latest.weights.h5` and the position in
 `training_metadata.json` (Keras' BackupAndRestore names, which `completed_epochs` and --init_checkpoint read),
-written at every epoch end and, with --checkpoint_steps=N, every N steps. Each file is written beside its place
-and renamed into it, so a kill mid-write keeps the previous one. Where a resumed run stands is read from the
-optimizer's own step counter inside the weights file (`position`), so the weights and the position can never
-disagree, whatever instant the kill came.
+written at every epoch end and, with --checkpoint_steps=N, every N steps. Each file is written beside its place and
+renamed into it, so a kill mid-write keeps the previous one. The epoch-end backup is written last of the epoch's
+files (after best.keras, the history row and TensorBoard's), so a run resumed from it has them all. Where a resumed
+run stands is read from the optimizer's own step counter inside the weights file (`position`), so the weights and
+the position can never disagree, whatever instant the kill came.
 
 A resumed run continues the learning-rate schedule (it is a function of that counter) and the data stream:
 `fit.train` skips the examples the backed-up steps consumed before anything is decoded
-(`PipelineConfig.skip_steps`), and runs the rest of the interrupted epoch before the following ones. What a
-kill loses is the steps since the last backup: they are trained again on the same examples.
+(`PipelineConfig.skip_steps`), and runs the rest of the interrupted epoch before the following ones. What a kill
+loses is the steps since the last backup: they are trained again on the same examples.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import signal
+from typing import Callable, ContextManager
 
 import keras
 import tensorflow as tf
@@ -81,13 +84,16 @@ def position(model: keras.Model, first_epoch: int, steps_per_epoch: int, accumul
 
 
 class StepBackup(keras.callbacks.Callback):
-    """Backs up the model and its optimizer at each epoch end, every `every_steps` steps (0: only at epoch
-    ends), when training begins without a backup (so that a roll-back always has one) and when asked
-    (`save_now`). The fit begins at `first_epoch`, `first_step` steps into it (a resumed epoch)."""
+    """Backs up the model and its optimizer every `every_steps` steps (0: only at epoch ends), when training
+    begins without a backup (so that a roll-back always has one) and when asked (`save_now`); the epoch-end
+    backup is `at_epoch_end()`'s. The fit begins at `first_epoch`, `first_step` steps into it (a resumed epoch).
+    `raw_weights`: a context in which the model holds its raw weights (--ema_decay swaps the averages in at
+    epoch ends); backups hold the raw ones, which training goes on from."""
 
-    def __init__(self, backup_dir: str, every_steps: int, first_epoch: int, first_step: int = 0):
+    def __init__(self, backup_dir: str, every_steps: int, first_epoch: int, first_step: int = 0,
+                 raw_weights: Callable[[], ContextManager] = contextlib.nullcontext):
         super().__init__()
-        self.backup_dir, self.every_steps = backup_dir, every_steps
+        self.backup_dir, self.every_steps, self.raw_weights = backup_dir, every_steps, raw_weights
         self._epoch, self._step, self._offset = first_epoch, first_step, first_step
         self._saved = first_step  # the step of the last backup in this epoch
 
@@ -104,9 +110,15 @@ class StepBackup(keras.callbacks.Callback):
         if self.every_steps and self._step - self._saved >= self.every_steps:
             self.save_now()
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._epoch, self._step, self._offset = epoch + 1, 0, 0
-        self.save_now()
+    def at_epoch_end(self) -> keras.callbacks.Callback:
+        """The callback that backs up at each epoch end. Place it after every callback that writes the epoch's
+        files (best.keras, the history row, TensorBoard): a kill before it resumes the epoch from the previous
+        backup and writes them again, a kill after it finds them written."""
+        def back_up(epoch, logs=None):
+            self._epoch, self._step, self._offset = epoch + 1, 0, 0
+            with self.raw_weights():
+                self.save_now()
+        return keras.callbacks.LambdaCallback(on_epoch_end=back_up)
 
     def where(self) -> str:
         """The current position, for messages."""
@@ -167,7 +179,7 @@ class TerminationHandler(keras.callbacks.Callback):
 class NonFiniteGuard(keras.callbacks.Callback):
     """A non-finite training loss rolls the model and optimizer back to the last backup and training goes on
     with the next batches, up to `retries` times in a run; then `NonFiniteLoss`, the backup left as it was.
-    Place it before the `StepBackup`, so that no non-finite state is ever backed up."""
+    Place it before the `StepBackup`, so that no non-finite state is ever backed up at a step."""
 
     def __init__(self, backup: StepBackup, retries: int):
         super().__init__()

@@ -66,20 +66,23 @@ def _finite_h5(path):
 
 
 @pytest.mark.slow
-def test_kill_mid_epoch_resumes_at_the_backed_up_step_as_if_never_killed(tiny_shapes, tmp_path):
+@pytest.mark.parametrize("ema", ["--ema_decay=0", "--ema_decay=0.9"])
+def test_kill_mid_epoch_resumes_at_the_backed_up_step_as_if_never_killed(tiny_shapes, tmp_path, ema):
+    # With --ema_decay, the rest of the interrupted epoch must hand the raw weights, not the averages, to the
+    # next epoch (Keras' fit ends by copying the averages into the model; it once did here).
     reference = str(tmp_path / "uninterrupted")
-    result = run_launch(*_args(tiny_shapes, reference, "--checkpoint_steps=5"))
+    result = run_launch(*_args(tiny_shapes, reference, "--checkpoint_steps=5", ema))
     assert result.returncode == 0, result.stderr[-3000:]
 
     killed = str(tmp_path / "killed")
-    process = _start(_args(tiny_shapes, killed, "--checkpoint_steps=5"))
+    process = _start(_args(tiny_shapes, killed, "--checkpoint_steps=5", ema))
     _wait_for_step(process, killed, random.Random().randint(5, 25))
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = _metadata(killed)
     assert saved["epoch"] == 0 and 5 <= saved["step"] < 32 and saved["step"] % 5 == 0, saved
 
-    resumed = run_launch(*_args(tiny_shapes, killed, "--checkpoint_steps=5"))
+    resumed = run_launch(*_args(tiny_shapes, killed, "--checkpoint_steps=5", ema))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"[resume] epoch 1 step {saved['step']} ({saved['step']} steps of this phase done" in resumed.stdout
     # The schedule goes on from the optimizer's step and the data stream from the example it had reached:
@@ -164,3 +167,40 @@ def test_a_partial_checkpoint_left_by_a_kill_never_replaces_best(tmp_path):
     checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # not a new best: nothing is written
     keras.models.load_model(best)
     assert not os.path.exists(partial_path(best))
+
+
+@pytest.mark.slow
+def test_the_epoch_end_backup_is_written_after_the_epochs_checkpoint_and_history_row(tiny_shapes, tmp_path,
+                                                                                     monkeypatch):
+    """A run killed right after an epoch-end backup resumes at the next epoch, so that epoch's best.keras and
+    history row must already be written (they were once written after the backup, and such a run lacked them);
+    and the backup holds the raw weights that training goes on from, not --ema_decay's averages."""
+    from engine import fit, job as job_module, recovery
+    from engine.config import Config
+
+    model_dir = tmp_path / "run"
+    at_epoch_ends, trained = [], {}
+    save_now, batch_end = recovery.StepBackup.save_now, recovery.StepBackup.on_train_batch_end
+
+    def watched_batch_end(backup, batch, logs=None):  # the weights each training step leaves
+        trained["weights"] = [weight.numpy() for weight in backup.model.trainable_variables]
+        batch_end(backup, batch, logs)
+
+    def watched_save_now(backup):
+        save_now(backup)
+        if backup._step == 0 and backup._epoch > 0:  # an epoch-end backup (not the one before the first step)
+            # (Keras swaps the averages in and out by adding and subtracting, so to float rounding)
+            raw = all(np.allclose(weight.numpy(), last, rtol=1e-5, atol=1e-6)
+                      for weight, last in zip(backup.model.trainable_variables, trained["weights"]))
+            rows = len(_learning_rates(model_dir)) if os.path.exists(model_dir / "history.csv") else 0
+            at_epoch_ends.append((backup._epoch, rows, os.path.exists(model_dir / "best.keras"), raw))
+
+    monkeypatch.setattr(recovery.StepBackup, "on_train_batch_end", watched_batch_end)
+    monkeypatch.setattr(recovery.StepBackup, "save_now", watched_save_now)
+    job = job_module.prepare(Config(dataset=f"shapes:{tiny_shapes}", model_dir=str(model_dir), image_size=32,
+                                    batch_size=32, epochs=3, ema_decay=0.9, strategy="one_device",
+                                    preview_batches=0))
+    fit.train(job, fit.build_model(job), time.perf_counter())
+    # Each epoch's row and best.keras written, and the weights of its last step backed up (also the last epoch's,
+    # before Keras' fit keeps only the averages)
+    assert at_epoch_ends == [(1, 1, True, True), (2, 2, True, True), (3, 3, True, True)]
