@@ -12,7 +12,9 @@ Rows:
   mirrored    the same with --strategy=mirrored (two virtual CPU replicas here)
 
 Every row runs in its own process and is timed from that process's start (the engine's start-up, data listing
-and tracing count; so does TensorFlow's import in the seeds' row). Printed: seconds and epochs until the
+and tracing count; so does TensorFlow's import in the seeds' row). Round r of --repeats seeds every row with
+--seed + r (the engine's --seed; the seeds' way's initial weights, augmentation and shuffle), so the median is
+over different initialisations and data orders, alike for all rows. Printed: seconds and epochs until the
 validation accuracy first reaches the target, the accuracy after 5 epochs, and the final accuracy.
 """
 
@@ -39,6 +41,7 @@ flags.DEFINE_string("fashion_mnist", os.path.join(ROOT, "..", "shared", "data", 
 flags.DEFINE_float("target", 0.0, "Validation accuracy to reach; 0: 0.95 for shapes, 0.90 for Fashion-MNIST.")
 flags.DEFINE_list("rows", ["seeds", "one_device", "mirrored"], "Rows to run.")
 flags.DEFINE_integer("repeats", 1, "Runs of each row, interleaved; the median is reported.")
+flags.DEFINE_integer("seed", 0, "Seed of the first round; round r uses seed + r.")
 flags.DEFINE_list("engine_flags", [], "Extra launch.py flags for the engine rows (e.g. warmup_epochs=0.2).")
 flags.DEFINE_string("only", "", "Internal: train the seeds' way in this process, print one JSON line per epoch.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
@@ -69,6 +72,7 @@ def train_seeds_way() -> None:
 
     from models.classification import build_classifier
 
+    keras.utils.set_random_seed(FLAGS.seed)
     source, plan = _engine_plan()
     size, epochs, batch = plan["image_size"], plan["epochs"], plan["batch_size"]
     train, val = source.splits["train"], source.splits["val"]
@@ -78,7 +82,7 @@ def train_seeds_way() -> None:
             order = np.argsort(split.paths)
             return keras.utils.image_dataset_from_directory(
                 os.path.dirname(split.paths[0]), labels=[split.labels[i] for i in order], image_size=(size, size),
-                batch_size=batch, shuffle=True, seed=0, verbose=False)
+                batch_size=batch, shuffle=True, seed=FLAGS.seed, verbose=False)
 
         train_data, val_data = folder(train), folder(val)
         augment = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomZoom(0.1)])
@@ -117,13 +121,13 @@ def _timed_epochs(command: list[str], env: dict | None = None) -> list[tuple[flo
     return epochs
 
 
-def _row(name: str) -> list[tuple[float, float]]:
+def _row(name: str, seed: int) -> list[tuple[float, float]]:
     if name == "seeds":
         return _timed_epochs([sys.executable, os.path.abspath(__file__), "--only=seeds", f"--data={FLAGS.data}",
-                              f"--fashion_mnist={FLAGS.fashion_mnist}"])
+                              f"--fashion_mnist={FLAGS.fashion_mnist}", f"--seed={seed}"])
     with tempfile.TemporaryDirectory() as run:
         return _timed_epochs([sys.executable, os.path.join(ROOT, "launch.py"), f"--dataset={_dataset_flag()}",
-                              f"--strategy={name}", "--verbose=2", f"--model_dir={run}"]
+                              f"--strategy={name}", "--verbose=2", f"--model_dir={run}", f"--seed={seed}"]
                              + [f"--{flag}" for flag in FLAGS.engine_flags])
 
 
@@ -148,7 +152,7 @@ def main(argv: list[str]) -> None:
     runs: dict[str, list[dict]] = {row: [] for row in FLAGS.rows}
     for repeat in range(FLAGS.repeats):
         for row in FLAGS.rows:
-            runs[row].append(_summary(_row(row), target))
+            runs[row].append(_summary(_row(row, FLAGS.seed + repeat), target))
             print(f"  {row} run {repeat + 1}: {json.dumps({k: v for k, v in runs[row][-1].items() if k != 'epochs'})}",
                   flush=True)
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
