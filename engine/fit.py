@@ -131,7 +131,8 @@ def _spans(job: Job, model: keras.Model, phase: finetune.Phase, backup_dir: str)
         return [(phase.first_epoch, phase.end_epoch, 0)]
     recovery.restore(model, backup_dir)
     at = recovery.position(model, phase.first_epoch, job.steps.steps_per_epoch, job.config.grad_accum_steps)
-    if at.epoch >= phase.end_epoch:
+    if at.epoch >= phase.end_epoch:  # done: the model holds what the end of its fit left, --ema_decay's averages
+        model.optimizer.finalize_variable_values(model.trainable_variables)
         return []
     if at.steps:
         print(f"[resume] epoch {at.epoch + 1} step {at.step} ({at.steps} steps of this phase done, optimizer step "

@@ -207,6 +207,14 @@ def test_ema_weights_are_evaluated_and_saved(tiny_shapes, tmp_path):
     # ... while the backup keeps the raw weights training resumes from, which score differently.
     raw = _evaluate(model_dir, os.path.join(model_dir, "backup", "latest.weights.h5"))["loss"]
     assert abs(raw - last) > 1e-3 * last
+    # A run killed after its last backup but before final.keras, run again, writes the averages, not the raw
+    # weights it restores (it once wrote those).
+    final = _values(keras.saving.load_model(os.path.join(model_dir, "final.keras")))
+    os.remove(os.path.join(model_dir, "final.keras"))
+    _run(model_dir, f"--dataset=shapes:{tiny_shapes}", "--epochs=3", "--ema_decay=0.9")
+    again = _values(keras.saving.load_model(os.path.join(model_dir, "final.keras")))
+    for path, value in final.items():
+        np.testing.assert_allclose(again[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 def _one_update(accumulation: int, batch_size: int) -> list[np.ndarray]:
