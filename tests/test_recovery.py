@@ -170,11 +170,14 @@ def test_a_partial_checkpoint_left_by_a_kill_never_replaces_best(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_epoch_end_backup_is_written_after_the_epochs_checkpoint_and_history_row(tiny_shapes, tmp_path,
-                                                                                     monkeypatch):
-    """A run killed right after an epoch-end backup resumes at the next epoch, so that epoch's best.keras and
-    history row must already be written (they were once written after the backup, and such a run lacked them);
-    and the backup holds the raw weights that training goes on from, not --ema_decay's averages."""
+def test_the_epoch_end_backup_is_written_after_the_epochs_checkpoint_history_and_events(tiny_shapes, tmp_path,
+                                                                                        monkeypatch):
+    """A run killed right after an epoch-end backup resumes at the next epoch, so that epoch's best.keras,
+    history row and TensorBoard events must already be written (they were once written after the backup, and
+    such a run lacked them); and the backup holds the raw weights that training goes on from, not
+    --ema_decay's averages."""
+    from tensorboard.backend.event_processing import event_accumulator
+
     from engine import fit, job as job_module, recovery
     from engine.config import Config
 
@@ -192,8 +195,15 @@ def test_the_epoch_end_backup_is_written_after_the_epochs_checkpoint_and_history
             # (Keras swaps the averages in and out by adding and subtracting, so to float rounding)
             raw = all(np.allclose(weight.numpy(), last, rtol=1e-5, atol=1e-6)
                       for weight, last in zip(backup.model.trainable_variables, trained["weights"]))
+            optimizer = backup.model.optimizer
+            averaged = any(not np.allclose(weight.numpy(), average.numpy(), rtol=1e-5, atol=1e-6) for weight, average
+                           in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average))
             rows = len(_learning_rates(model_dir)) if os.path.exists(model_dir / "history.csv") else 0
-            at_epoch_ends.append((backup._epoch, rows, os.path.exists(model_dir / "best.keras"), raw))
+            events = event_accumulator.EventAccumulator(str(model_dir / "tensorboard" / "train"),
+                                                        size_guidance={event_accumulator.TENSORS: 0}).Reload()
+            logged = min((len(events.Tensors(tag)) for tag in events.Tags()["tensors"]), default=0)  # every tag's
+            at_epoch_ends.append((backup._epoch, rows, logged, os.path.exists(model_dir / "best.keras"), raw,
+                                  averaged))
 
     monkeypatch.setattr(recovery.StepBackup, "on_train_batch_end", watched_batch_end)
     monkeypatch.setattr(recovery.StepBackup, "save_now", watched_save_now)
@@ -201,6 +211,6 @@ def test_the_epoch_end_backup_is_written_after_the_epochs_checkpoint_and_history
                                     batch_size=32, epochs=3, ema_decay=0.9, strategy="one_device",
                                     preview_batches=0))
     fit.train(job, fit.build_model(job), time.perf_counter())
-    # Each epoch's row and best.keras written, and the weights of its last step backed up (also the last epoch's,
-    # before Keras' fit keeps only the averages)
-    assert at_epoch_ends == [(1, 1, True, True), (2, 2, True, True), (3, 3, True, True)]
+    # Each epoch's history row and TensorBoard events written (flushed), best.keras too, and the weights of its
+    # last step backed up, not the averages (also the last epoch's, before Keras' fit keeps only the averages)
+    assert at_epoch_ends == [(epoch, epoch, epoch, True, True, True) for epoch in (1, 2, 3)]
