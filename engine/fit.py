@@ -131,14 +131,28 @@ def _spans(job: Job, model: keras.Model, phase: finetune.Phase, backup_dir: str)
         return [(phase.first_epoch, phase.end_epoch, 0)]
     recovery.restore(model, backup_dir)
     at = recovery.position(model, phase.first_epoch, job.steps.steps_per_epoch, job.config.grad_accum_steps)
-    if at.epoch >= phase.end_epoch:  # done: the model holds what the end of its fit left, --ema_decay's averages
+    stopped_after = recovery.early_stop_epoch(backup_dir)
+    if at.epoch >= phase.end_epoch or stopped_after:
+        # Done: the model holds what the end of its fit left, --ema_decay's averages.
         model.optimizer.finalize_variable_values(model.trainable_variables)
+        if stopped_after:
+            print(f"[resume] early stopping ended training{f' ({phase.name} phase)' if len(job.phases) > 1 else ''} "
+                  f"after epoch {stopped_after} in the earlier run: nothing left to train (to train on, start a new "
+                  f"--model_dir with --init_checkpoint={os.path.join(job.model_dir, 'best.keras')})", flush=True)
         return []
     if at.steps:
         print(f"[resume] epoch {at.epoch + 1} step {at.step} ({at.steps} steps of this phase done, optimizer step "
               f"{int(model.optimizer.iterations.numpy())}): the data stream skips their examples", flush=True)
     rest = [(at.epoch + 1, phase.end_epoch, 0)] if at.epoch + 1 < phase.end_epoch else []
     return [(at.epoch, at.epoch + 1, at.step)] + rest if at.step else [(at.epoch, phase.end_epoch, 0)]
+
+
+def _early_stops(job: Job, backups: list[str]) -> str | None:
+    """Where early stopping ended the run's phases (in this run or the one it resumed), from their backups."""
+    stops = [f"{f'{phase.name} phase ' if len(job.phases) > 1 else ''}after epoch {epoch}: no new best "
+             f"{job.task.best_metric} in {job.config.patience} epochs"
+             for phase, backup in zip(job.phases, backups) if (epoch := recovery.early_stop_epoch(backup))]
+    return "; ".join(stops) or None
 
 
 def train(job: Job, model: keras.Model, started: float) -> dict:
@@ -157,7 +171,6 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
     phases = job.phases
     backups, restores = ([finetune.backup_dir(_backup_root(job, chief), phase, last=index == len(phases) - 1)
                           for index, phase in enumerate(phases)] for chief in (False, True))
-    stopped = []
     for index, phase in enumerate(phases):
         if any(finetune.completed_epochs(later) for later in restores[index + 1:]):
             continue  # a later phase has begun: the run resumes there
@@ -187,9 +200,6 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
                 # Only the rest of an interrupted epoch: the end of Keras' fit copied one of --ema_decay's raw
                 # weights and averages onto the other; the epoch's backup holds both.
                 recovery.restore(model, backups[index])
-        if stopper and stopper.stopped_epoch:
-            stopped.append(f"{f'{phase.name} phase ' if len(phases) > 1 else ''}after epoch "
-                           f"{stopper.stopped_epoch + 1}: no new best {job.task.best_metric} in {config.patience} epochs")
     history_csv = os.path.join(job.model_dir, "history.csv")
     last_row = _last_row(history_csv)
     resolved = job.resolved()
@@ -198,7 +208,7 @@ def train(job: Job, model: keras.Model, started: float) -> dict:
         "best_metric": job.task.best_metric if validate else "loss",
         "best_value": _best_so_far(history_csv, job.task.best_metric) if validate else None,
         "epochs": job.steps.epochs, "wall_time_seconds": time.perf_counter() - started,
-        "stopped_early": "; ".join(stopped) or None,
+        "stopped_early": _early_stops(job, backups),
         "initialised": initialised.describe() if initialised else None,
         "phases": [phase.describe() for phase in phases],
         "images_per_second": throughput.steady_images_per_second(),

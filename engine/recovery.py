@@ -2,7 +2,7 @@
 
 A backup (`StepBackup`) is the model's and the optimizer's weights in `latest.weights.h5` and the position in
 `training_metadata.json` (Keras' BackupAndRestore names, which `completed_epochs` and --init_checkpoint read),
-written at every epoch end and, with --checkpoint_steps=N, every N steps. Each file is written beside its place and
+with whether early stopping ended the fit there, written at every epoch end and, with --checkpoint_steps=N, every N steps. Each file is written beside its place and
 renamed into it, so a kill mid-write keeps the previous one. The epoch-end backup is written last of the epoch's
 files (after best.keras, the history row and TensorBoard's), so a run resumed from it has them all. Where a resumed
 run stands is read from the optimizer's own step counter inside the weights file (`position`), so the weights and
@@ -52,6 +52,14 @@ class Position:
 def has_backup(backup_dir: str) -> bool:
     """Whether `backup_dir` holds a backup to resume from."""
     return tf.io.gfile.exists(os.path.join(backup_dir, WEIGHTS))
+
+
+def early_stop_epoch(backup_dir: str) -> int | None:
+    """The epochs done when early stopping ended the fit that `backup_dir` backed up, or None if it did not."""
+    if not tf.io.gfile.exists(os.path.join(backup_dir, METADATA)):
+        return None
+    saved = files.read_json(os.path.join(backup_dir, METADATA))
+    return saved["epoch"] if saved.get("stopped_early") else None
 
 
 def _random_states(model: keras.Model) -> dict[str, list[int]]:
@@ -117,7 +125,7 @@ class StepBackup(keras.callbacks.Callback):
         def back_up(epoch, logs=None):
             self._epoch, self._step, self._offset = epoch + 1, 0, 0
             with self.raw_weights():
-                self.save_now()
+                self.save_now(stopped_early=self.model.stop_training)  # set by EarlyStopping, placed before
         return keras.callbacks.LambdaCallback(on_epoch_end=back_up)
 
     def where(self) -> str:
@@ -128,14 +136,15 @@ class StepBackup(keras.callbacks.Callback):
         """The position at the end of this fit's batch `batch`, for messages (before `on_train_batch_end`)."""
         return f"epoch {self._epoch + 1} step {self._offset + batch + 1}"
 
-    def save_now(self) -> None:
-        """Writes the backup at the current step."""
+    def save_now(self, stopped_early: bool = False) -> None:
+        """Writes the backup at the current step; `stopped_early`: early stopping ended the fit here, so a run
+        started again from it trains no further in this phase."""
         tf.io.gfile.makedirs(self.backup_dir)
         files.write_atomically(os.path.join(self.backup_dir, WEIGHTS), self.model.save_weights)
         files.write_json(os.path.join(self.backup_dir, METADATA),
                          {"epoch": self._epoch, "step": self._step,
                           "iterations": int(self.model.optimizer.iterations.numpy()),
-                          "random_states": _random_states(self.model)})
+                          "random_states": _random_states(self.model), "stopped_early": stopped_early})
         self._saved = self._step
 
 

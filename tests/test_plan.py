@@ -221,9 +221,10 @@ def test_inspect_prints_the_plan_and_patience_stops_a_run_that_does_not_improve(
     # Patience 1: the run ends after the first validated epoch that brings no new best (with a learning rate of 0
     # that is almost surely the second); the history says which epoch that must be.
     model_dir = str(tmp_path / "patience")
-    result = run_launch(f"--dataset=shapes:{tiny_shapes}", "--strategy=one_device", "--image_size=32", "--epochs=6",
-                        "--learning_rate=0", "--warmup_epochs=0", "--patience=1", "--preview_batches=0",
-                        "--verbose=2", f"--model_dir={model_dir}")
+    command = (f"--dataset=shapes:{tiny_shapes}", "--strategy=one_device", "--image_size=32", "--epochs=6",
+               "--learning_rate=0", "--warmup_epochs=0", "--patience=1", "--preview_batches=0", "--verbose=2",
+               f"--model_dir={model_dir}")
+    result = run_launch(*command)
     assert result.returncode == 0, result.stderr[-2000:]
     with open(os.path.join(model_dir, "history.csv")) as f:
         accuracy = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
@@ -236,3 +237,12 @@ def test_inspect_prints_the_plan_and_patience_stops_a_run_that_does_not_improve(
         assert len(accuracy) == first_without_best + 1
         assert summary["stopped_early"] == f"after epoch {first_without_best + 1}: no new best val_accuracy in 1 epochs"
     assert os.path.exists(os.path.join(model_dir, "best.keras"))
+    # The same command again (a scheduler's restart): the backup records the stop, so nothing trains further.
+    again = run_launch(*command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with open(os.path.join(model_dir, "history.csv")) as f:
+        assert len(list(csv.DictReader(f))) == len(accuracy)
+    with open(os.path.join(model_dir, "summary.json")) as f:
+        assert json.load(f)["stopped_early"] == summary["stopped_early"]
+    if first_without_best is not None:
+        assert f"[resume] early stopping ended training after epoch {first_without_best + 1}" in again.stdout
