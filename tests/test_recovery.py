@@ -189,8 +189,8 @@ def test_the_epoch_end_backup_is_written_after_the_epochs_checkpoint_history_and
         trained["weights"] = [weight.numpy() for weight in backup.model.trainable_variables]
         batch_end(backup, batch, logs)
 
-    def watched_save_now(backup):
-        save_now(backup)
+    def watched_save_now(backup, **kwargs):
+        save_now(backup, **kwargs)
         if backup._step == 0 and backup._epoch > 0:  # an epoch-end backup (not the one before the first step)
             # (Keras swaps the averages in and out by adding and subtracting, so to float rounding)
             raw = all(np.allclose(weight.numpy(), last, rtol=1e-5, atol=1e-6)
