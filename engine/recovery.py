@@ -2,11 +2,12 @@
 
 A backup (`StepBackup`) is the model's and the optimizer's weights in `latest.weights.h5` and the position in
 `training_metadata.json` (Keras' BackupAndRestore names, which `completed_epochs` and --init_checkpoint read),
-with whether early stopping ended the fit there, written at every epoch end and, with --checkpoint_steps=N, every N steps. Each file is written beside its place and
-renamed into it, so a kill mid-write keeps the previous one. The epoch-end backup is written last of the epoch's
-files (after best.keras, the history row and TensorBoard's), so a run resumed from it has them all. Where a resumed
-run stands is read from the optimizer's own step counter inside the weights file (`position`), so the weights and
-the position can never disagree, whatever instant the kill came.
+with whether early stopping ended the fit there, written at every epoch end and, with --checkpoint_steps=N,
+every N steps. Each file is written beside its place and renamed into it, so a kill mid-write keeps the previous
+one. The epoch-end backup is written last of the epoch's files (after best.keras, the history row and
+TensorBoard's), so a run resumed from it has them all. Where a resumed run stands is read from the optimizer's own
+step counter inside the weights file (`position`), so the weights and the position can never disagree, whatever
+instant the kill came.
 
 A resumed run continues the learning-rate schedule (it is a function of that counter) and the data stream:
 `fit.train` skips the examples the backed-up steps consumed before anything is decoded
