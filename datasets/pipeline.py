@@ -148,10 +148,12 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
         steps = [*fixed, _keep(*keys, "seed")] if fixed else []
         ds = _seeded(_service_stream(split, config, batch_size), parse, compose(*steps, *random, keep), config, context)
         return _batched(ds, recipe, batch_size, batch_step, parallel)
-    # a cache is filled in a fixed order and shuffled as it is read; training streams shuffle every epoch
-    streamed = config.training and not cached
-    ds, parse = (split.epochs(context, config.seed, recipe.targets) if streamed
-                 else split.stream(context, config.seed, False, recipe.targets))
+    # training streams shuffle every epoch; a training cache fills in epoch 0's order, which training reads as
+    # it fills (no wait for the whole split to decode), and later epochs shuffle what it holds
+    if not config.training:
+        ds, parse = split.stream(context, config.seed, False, recipe.targets)
+    else:
+        ds, parse = (split.first_epoch if cached else split.epochs)(context, config.seed, recipe.targets)
     if fixed:  # the deterministic steps, in the first map
         ds = ds.map(compose(*([parse] if parse else []), *fixed, _keep(*keys)), num_parallel_calls=parallel)
     if cached:
@@ -160,8 +162,8 @@ def batches(split: Split, config: PipelineConfig, context: tf.distribute.InputCo
         return _pad_to_full_batches(ds, len(split), config, context).batch(batch_size, drop_remainder=True)
     if cached:
         stored, bytes_per_example = ds, recipe.cache_size(True) ** 2 * 3
-        ds = every_epoch(lambda epoch: shuffle_share(stored, len(split), bytes_per_example, context, config.seed,
-                                                     epoch))
+        ds = stored.concatenate(every_epoch(lambda epoch: shuffle_share(
+            stored, len(split), bytes_per_example, context, config.seed, epoch), first=1))
     ds = _seeded(_positioned(ds, config, context), None if fixed else parse, compose(*random, keep), config, context)
     return _batched(ds, recipe, batch_size, batch_step, parallel)
 

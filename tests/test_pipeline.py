@@ -101,6 +101,44 @@ def test_cache_sits_before_augmentation_and_keeps_eval_exact(tiny_shapes, tmp_pa
         assert np.array_equal(a["label"].numpy(), b["label"].numpy())
 
 
+def test_training_reads_its_cache_as_it_fills_then_every_epoch_from_it(tiny_shapes, tmp_path):
+    """The first batch needs only its own files (no wait for the whole split to decode into the cache); epoch 0
+    is the order of the split's own first epoch; later epochs come from the cache (the files gone), each with
+    every example once, in a new order."""
+    from datasets.recipes import Augment
+    from datasets.sources.base import Examples
+
+    source = _examples(tiny_shapes)["train"]
+    copies = []
+    for index, path in enumerate(source.paths):
+        copies.append(str(tmp_path / f"{index}.jpg"))
+        tf.io.gfile.copy(path, copies[-1])
+    train = Examples(copies, source.labels)
+    context = tf.distribute.InputContext()
+    order = [r["id"].decode() for r in train.first_epoch(context, seed=4)[0].as_numpy_iterator()]
+    assert order == [r["id"].decode() for r in train.epochs(context, seed=4)[0].take(len(train)).as_numpy_iterator()]
+    config = pipeline.PipelineConfig(ClassificationRecipe(32, Augment(flip=False, crop_scale=(1.0, 1.0))),
+                                     global_batch_size=8, training=True, seed=4, cache="memory", deterministic=True)
+    decoded = {path: decode.decode_resize(32)({"encoded": tf.io.read_file(path)})["image"].numpy().tobytes()
+               for path in copies}
+
+    only_first_batch = Examples([path if path in order[:8] else str(tmp_path / "missing.jpg") for path in copies],
+                                train.labels)
+    first = next(iter(pipeline.build_dataset(only_first_batch, config)))["image"].numpy()
+    assert [image.tobytes() for image in first] == [decoded[path] for path in order[:8]]
+
+    per_epoch = len(train) // 8
+    batches = iter(pipeline.build_dataset(train, config))
+    epochs = [[image.tobytes() for _ in range(per_epoch) for image in next(batches)["image"].numpy()]]
+    for path in copies:
+        os.remove(path)
+    epochs += [[image.tobytes() for _ in range(per_epoch) for image in next(batches)["image"].numpy()]
+               for _ in range(2)]
+    assert epochs[0] == [decoded[path] for path in order]
+    assert all(sorted(epoch) == sorted(decoded.values()) for epoch in epochs)
+    assert epochs[1] != epochs[0] and epochs[2] != epochs[1], "each epoch in its own order"
+
+
 def _large_jpeg() -> tf.Tensor:
     """A 1600x1200 photo-like JPEG: smooth colour fields with fine texture."""
     rng = np.random.default_rng(0)

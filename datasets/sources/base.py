@@ -63,6 +63,10 @@ class Split(Protocol):
         """Training's stream: this pipeline's share of every epoch in turn, each in an order that is a function of
         (seed, epoch) alone, so that a resumed run sees what an uninterrupted one saw; and the parse function."""
 
+    def first_epoch(self, context: tf.distribute.InputContext, seed: int, targets: Targets = Targets()
+                    ) -> tuple[tf.data.Dataset, Parse]:
+        """Epoch 0 of `epochs` alone (it ends), and the parse function: the order a training cache fills in."""
+
     def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                 targets: Targets = Targets()) -> tf.data.Dataset:
         """One epoch of this pipeline's share as records: `stream`, parsed."""
@@ -82,6 +86,11 @@ class Streamed:
         """Training's stream (see `Split.epochs`): `stream` of epoch 0, 1, ..."""
         _, parse = self.stream(context, seed, True, targets)
         return every_epoch(lambda epoch: self.stream(context, seed, True, targets, epoch)[0]), parse
+
+    def first_epoch(self, context: tf.distribute.InputContext, seed: int, targets: Targets = Targets()
+                    ) -> tuple[tf.data.Dataset, Parse]:
+        """Epoch 0 of `epochs` alone (see `Split.first_epoch`)."""
+        return self.stream(context, seed, True, targets, tf.constant(0, tf.int64))
 
     def records(self, context: tf.distribute.InputContext, seed: int, shuffle: bool,
                 targets: Targets = Targets()) -> tf.data.Dataset:
@@ -107,6 +116,12 @@ class Tabled(Streamed):
                                                tf.data.Dataset.from_tensors(self.table(targets)).repeat())
         return epochs_and_table.flat_map(lambda epoch, table: rows_dataset(
             table, epoch_rows(len(self), seed, epoch, pipeline_id, pipelines))), self.parse
+
+    def first_epoch(self, context: tf.distribute.InputContext, seed: int, targets: Targets = Targets()
+                    ) -> tuple[tf.data.Dataset, Parse]:
+        """Epoch 0 of `epochs` alone (see `Split.first_epoch`)."""
+        rows = epoch_rows(len(self), seed, 0, context.input_pipeline_id, context.num_input_pipelines)
+        return rows_dataset(self.table(targets), rows), self.parse
 
     def service_chunks(self, examples_per_chunk: int) -> int:
         """How many chunks an epoch has for the tf.data service: about `examples_per_chunk` rows each."""
@@ -271,9 +286,10 @@ def epoch_rows(num_rows: int, seed: int, epoch: tf.Tensor, share: int | tf.Tenso
     return order[share::shares]
 
 
-def every_epoch(one_epoch: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
-    """Epoch after epoch of `one_epoch(epoch)` (each shuffled as a function of its index: `epoch_shuffle`)."""
-    return tf.data.Dataset.range(2**62).flat_map(one_epoch)
+def every_epoch(one_epoch: Callable[[tf.Tensor], tf.data.Dataset], first: int = 0) -> tf.data.Dataset:
+    """Epoch after epoch of `one_epoch(epoch)` from epoch `first` on (each shuffled as a function of its index:
+    `epoch_shuffle`)."""
+    return tf.data.Dataset.range(first, 2**62).flat_map(one_epoch)
 
 
 def rows_dataset(table: dict[str, np.ndarray | tf.Tensor], rows: tf.Tensor) -> tf.data.Dataset:
