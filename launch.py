@@ -87,7 +87,8 @@ flags.DEFINE_float("weight_decay", DEFAULTS.weight_decay, "Decoupled weight deca
 flags.DEFINE_float("momentum", DEFAULTS.momentum, "Nesterov momentum for sgd.")
 flags.DEFINE_enum("lr_schedule", DEFAULTS.lr_schedule, CHOICES["lr_schedule"],
                   "Learning-rate schedule after the linear warmup.")
-flags.DEFINE_float("warmup_epochs", DEFAULTS.warmup_epochs, "Linear warmup length in epochs.")
+flags.DEFINE_float("warmup_epochs", DEFAULTS.warmup_epochs,
+                   "Linear warmup length in epochs. Default: the task's for the model (small classifiers 0.2, else 1).")
 flags.DEFINE_float("ema_decay", DEFAULTS.ema_decay,
                    "Keep an exponential moving average of the weights with this decay (e.g. 0.999); evaluation and "
                    "the saved models use it. 0: off. Default: the task's (classification: 0.99 when the run has "

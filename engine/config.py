@@ -70,7 +70,7 @@ class Config:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     lr_schedule: str = "cosine"
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None  # None: the task's
     ema_decay: float | None = None  # None: planned (engine/plan.py:ema_decay)
     dct_decode: bool | None = None  # None: planned (engine/plan.py:dct_decode)
     grad_accum_steps: int = 1

@@ -90,6 +90,14 @@ def test_small_datasets_get_a_smaller_batch_and_epochs_that_repeat_the_data():
     assert (plain.steps.total_steps, accumulating.steps.total_steps) == (19 * 100, 75 * 100)
 
 
+def test_warmup_is_short_for_small_classifiers_an_epoch_elsewhere_and_the_flag_wins():
+    assert ClassificationTask.with_defaults(Config()).warmup_epochs == 0.2
+    assert ClassificationTask.with_defaults(Config(model="resnet50")).warmup_epochs == 1.0
+    assert ClassificationTask.with_defaults(Config(warmup_epochs=0.0)).warmup_epochs == 0.0
+    for task, name in ((SegmentationTask, "segmentation"), (DetectionTask, "detection")):
+        assert task.with_defaults(Config(task=name)).warmup_epochs == 1.0
+
+
 def test_tiny_grey_images_keep_their_size_mild_crops_and_no_colour_jitter():
     planned = ClassificationTask.planned(Config(model="resnet50"), _profile(height=28, width=28, grey=True))
     assert {key: value for key, (value, _) in planned.items()} == {

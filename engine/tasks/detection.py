@@ -43,7 +43,7 @@ class DetectionTask(Task):
         of 18, measured): HSV-style jitter (--color_jitter unset: brightness 0.4, saturation 0.7), zoom
         0.5-1.5, flip, Mosaic for every example for large models and half of them for the small default."""
         return {"learning_rate": 2e-3, "hue": 0.015, "min_scale": 0.5, "max_scale": 1.5,
-                "mosaic": 1.0 if model in detection.LARGE else 0.5, "ema_decay": 0.0}
+                "mosaic": 1.0 if model in detection.LARGE else 0.5, "ema_decay": 0.0, "warmup_epochs": 1.0}
 
     @classmethod
     def planned(cls, config: Config, profile: Profile) -> dict[str, tuple[object, str]]:

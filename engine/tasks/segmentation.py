@@ -46,7 +46,8 @@ class SegmentationTask(Task):
         (without them it learns two shapes in the same time). Zoom 0.75-1.5 (0.5-2 for deeplabv3plus)."""
         large = model in segmentation.LARGE
         return {"learning_rate": 3e-3, "dice_weight": 1.0, "color_jitter": 0.2,
-                "hue": 0.0, "min_scale": 0.5 if large else 0.75, "max_scale": 2.0 if large else 1.5, "ema_decay": 0.0}
+                "hue": 0.0, "min_scale": 0.5 if large else 0.75, "max_scale": 2.0 if large else 1.5, "ema_decay": 0.0,
+                "warmup_epochs": 1.0}
 
     @classmethod
     def planned(cls, config: Config, profile: Profile) -> dict[str, tuple[object, str]]:
