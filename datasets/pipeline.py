@@ -192,6 +192,9 @@ def client_tail(ds: tf.data.Dataset, config: PipelineConfig, to_model_io: Callab
     return ds.with_options(dataset_options(config.deterministic, prefetch=config.prefetch_batches != 0))
 
 
+# The pipeline's functions are plain graph code (no Python control flow on tensors): built inside do_not_convert,
+# tf.data traces them without AutoGraph, which took ~0.65 s of the first build (engine start-up 0.7-1.1 s sooner).
+@tf.autograph.experimental.do_not_convert
 def build_dataset(split: Split, config: PipelineConfig, context: tf.distribute.InputContext | None = None,
                   to_model_io: Callable[[dict], tuple] | None = None,
                   on_ready: Callable[[], None] | None = None) -> tf.data.Dataset:
