@@ -34,6 +34,19 @@ def run_launch(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def run_in_process(*flags: str) -> dict:
+    """launch.py's run with these flags in this process (no interpreter start, no TensorFlow import): what
+    `engine.run.run` returns. Flag errors raise instead of exiting 2."""
+    import launch
+    from engine.run import run
+
+    launch.FLAGS(["launch.py", *flags])
+    try:
+        return run(launch.config_from_flags())
+    finally:
+        launch.FLAGS.unparse_flags()
+
+
 def free_ports(count: int) -> list[int]:
     """`count` localhost ports free at the time of the call."""
     sockets = [socket.socket() for _ in range(count)]

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from conftest import run_in_process
 from datasets.sources.base import absolute, normalised
 from engine import files
 
@@ -61,18 +62,6 @@ def _write_class_folders(root: str) -> None:
                 tf.io.write_file(f"{folder}/{i:02d}.jpg", tf.io.encode_jpeg(image))
 
 
-def _run(*flags: str) -> dict:
-    """launch.py's run with these flags, in this process (where ram:// is)."""
-    import launch
-    from engine.run import run
-
-    launch.FLAGS(["launch.py", *flags])
-    try:
-        return run(launch.config_from_flags())
-    finally:
-        launch.FLAGS.unparse_flags()
-
-
 def _epoch_values(logdir: str, tag: str) -> list[float]:
     """The values TensorBoard's own reader finds for `tag` in `logdir`, one per epoch."""
     accumulator = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
@@ -86,11 +75,11 @@ def test_train_eval_and_export_read_and_write_only_ram(ram_dir, tmp_path, monkey
     data, run_dir = f"{ram_dir}/data", f"{ram_dir}/run"
     _write_class_folders(data)
     flags = [f"--dataset=folder:{data}", f"--model_dir={run_dir}", "--verbose=0"]
-    summary = _run(*flags, "--strategy=one_device", "--epochs=2", "--image_size=32", "--batch_size=8",
-                   "--preview_batches=1")
-    evaluated = _run(*flags, "--mode=eval")  # the run's own flags from its config.json (--image_size=32)
-    report = _run(*flags, "--mode=export", "--formats=saved_model,tflite_float32,onnx")
-    predicted = _run(*flags, "--mode=predict", f"--images={data}/val")
+    summary = run_in_process(*flags, "--strategy=one_device", "--epochs=2", "--image_size=32", "--batch_size=8",
+                             "--preview_batches=1")
+    evaluated = run_in_process(*flags, "--mode=eval")  # the run's own flags from its config.json (--image_size=32)
+    report = run_in_process(*flags, "--mode=export", "--formats=saved_model,tflite_float32,onnx")
+    predicted = run_in_process(*flags, "--mode=predict", f"--images={data}/val")
 
     expected = ["config.json", "summary.json", "history.csv", "best.keras", "final.keras", "eval.json",
                 "eval_config.json", "backup/latest.weights.h5", "backup/training_metadata.json",
