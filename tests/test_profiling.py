@@ -79,8 +79,8 @@ def test_benchmark_calls_a_starved_pipeline_input_bound(large_images, tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_calls_a_heavy_model_compute_bound(tiny_shapes, tmp_path):
-    # The ResNet-18-style `resnet`: its steps are 60-70x slower than the input here, as resnet50's (measured),
-    # in a third of resnet50's 55-60 s
+    # The ResNet-18-style `resnet`: its steps are 63-70x slower than the input here, as resnet50's 63-72x
+    # (measured), in a third of resnet50's 55-60 s
     report = _benchmark(tmp_path, f"--dataset=shapes:{tiny_shapes}", "--model=resnet", "--image_size=64",
                         "--batch_size=32")
     assert report["verdict"] == "compute-bound", report
