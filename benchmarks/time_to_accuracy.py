@@ -10,6 +10,9 @@ Rows:
               arrays (grey repeated to RGB, the engine's input), Adam 1e-3, batch 64
   one_device  `python launch.py --dataset=... --strategy=one_device` with its defaults
   mirrored    the same with --strategy=mirrored (two virtual CPU replicas here)
+  seeds_unstalled  the seeds' rows without each epoch's wait for its first batch: there `fit` drops the last
+              epoch's used-up iterator, which idles the process for 8-10 s in some epochs (BUILD.md); the engine
+              repeats its training data, so it never does. Its column "x unstalled" compares with it.
 
 Every row runs in its own process and is timed from that process's start (the engine's start-up, data listing
 and tracing count; so does TensorFlow's import in the seeds' row). Round r of --repeats seeds every row with
@@ -97,31 +100,43 @@ def train_seeds_way() -> None:
                   metrics=["accuracy"])
 
     class Report(keras.callbacks.Callback):
+        """Also times each epoch's wait for its first batch, where `fit` releases the last epoch's iterator."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.time()
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                self.first_batch_wait = time.time() - self.epoch_start
+
         def on_epoch_end(self, epoch, logs=None):
-            print(f"EPOCH {time.time() - START:.2f} {logs['val_accuracy']:.4f}", flush=True)
+            print(f"EPOCH {time.time() - START:.2f} {logs['val_accuracy']:.4f} {self.first_batch_wait:.2f}",
+                  flush=True)
 
     model.fit(epochs=epochs, callbacks=[Report()], verbose=0, **fit_args)
 
 
-def _timed_epochs(command: list[str], env: dict | None = None) -> list[tuple[float, float]]:
-    """Runs `command`; (seconds since its start, validation accuracy) at the end of every epoch."""
-    start, epochs = time.time(), []
+def _timed_epochs(command: list[str], env: dict | None = None) -> tuple[list[tuple[float, float]], list[float]]:
+    """Runs `command`; (seconds since its start, validation accuracy) at the end of every epoch, and each epoch's
+    wait for its first batch where the command prints it (the seeds' way)."""
+    start, epochs, waits = time.time(), [], []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                env=env)
     tail = []
     for line in process.stdout:
         tail = (tail + [line])[-40:]
         if line.startswith("EPOCH "):
-            _, seconds, accuracy = line.split()
+            _, seconds, accuracy, wait = line.split()
             epochs.append((float(seconds), float(accuracy)))
+            waits.append(float(wait))
         elif (match := EPOCH_LINE.search(line)) and "step" in line:
             epochs.append((time.time() - start, float(match.group(1))))
     if process.wait():
         sys.exit(f"{' '.join(command)} failed:\n{''.join(tail)}")
-    return epochs
+    return epochs, waits
 
 
-def _row(name: str, seed: int) -> list[tuple[float, float]]:
+def _row(name: str, seed: int) -> tuple[list[tuple[float, float]], list[float]]:
     if name == "seeds":
         return _timed_epochs([sys.executable, os.path.abspath(__file__), "--only=seeds", f"--data={FLAGS.data}",
                               f"--fashion_mnist={FLAGS.fashion_mnist}", f"--seed={seed}"])
@@ -149,17 +164,25 @@ def main(argv: list[str]) -> None:
         return
     target = FLAGS.target or (0.95 if FLAGS.data == "shapes" else 0.90)
     plan = _engine_plan()[1]
-    runs: dict[str, list[dict]] = {row: [] for row in FLAGS.rows}
+    runs: dict[str, list[dict]] = {name: [] for row in FLAGS.rows
+                                   for name in ([row, "seeds_unstalled"] if row == "seeds" else [row])}
     for repeat in range(FLAGS.repeats):
         for row in FLAGS.rows:
-            runs[row].append(_summary(_row(row, FLAGS.seed + repeat), target))
+            epochs, waits = _row(row, FLAGS.seed + repeat)
+            runs[row].append(_summary(epochs, target))
+            if row == "seeds":
+                runs[row][-1]["first_batch_waits"] = waits
+                runs["seeds_unstalled"].append(_summary(
+                    [(seconds - sum(waits[:i + 1]), accuracy) for i, (seconds, accuracy) in enumerate(epochs)], target))
             print(f"  {row} run {repeat + 1}: {json.dumps({k: v for k, v in runs[row][-1].items() if k != 'epochs'})}",
                   flush=True)
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
     print(f"\n{FLAGS.data}: small_cnn at {plan['image_size']} px, batch {plan['batch_size']}, "
           f"{plan['epochs']} epochs; target val accuracy {target}; median of {FLAGS.repeats}")
-    print(f"{'row':12s} {'s to target':>12s} {'epochs':>7s} {'x seeds time':>13s} {'acc@5':>6s} {'final':>6s}")
-    seeds_time = median([r["seconds_to_target"] for r in runs.get("seeds", []) if r["seconds_to_target"]])
+    print(f"{'row':16s} {'s to target':>12s} {'epochs':>7s} {'x seeds time':>13s} {'x unstalled':>12s} "
+          f"{'acc@5':>6s} {'final':>6s}")
+    seeds_time, unstalled_time = (median([r["seconds_to_target"] for r in runs.get(row, []) if r["seconds_to_target"]])
+                                  for row in ("seeds", "seeds_unstalled"))
     results = {}
     for row, row_runs in runs.items():
         times = [r["seconds_to_target"] for r in row_runs if r["seconds_to_target"] is not None]
@@ -168,9 +191,10 @@ def main(argv: list[str]) -> None:
             [r["epochs_to_target"] for r in row_runs if r["epochs_to_target"]]),
             "after_5_epochs": median([r["after_5_epochs"] for r in row_runs]),
             "final": median([r["final"] for r in row_runs]), "runs": row_runs}
-        speed = f"{seconds / seeds_time:13.2f}" if seconds and seeds_time else f"{'-':>13s}"
-        print(f"{row:12s} {seconds or float('nan'):12.1f} {results[row]['epochs_to_target'] or '-':>7} {speed} "
-              f"{results[row]['after_5_epochs']:6.3f} {results[row]['final']:6.3f}")
+        speed, unstalled = (f"{seconds / reference:{width}.2f}" if seconds and reference else f"{'-':>{width}s}"
+                            for reference, width in ((seeds_time, 13), (unstalled_time, 12)))
+        print(f"{row:16s} {seconds or float('nan'):12.1f} {results[row]['epochs_to_target'] or '-':>7} {speed} "
+              f"{unstalled} {results[row]['after_5_epochs']:6.3f} {results[row]['final']:6.3f}")
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(results, f, indent=2)
