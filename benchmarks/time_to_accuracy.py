@@ -10,9 +10,10 @@ Rows:
               arrays (grey repeated to RGB, the engine's input), Adam 1e-3, batch 64
   one_device  `python launch.py --dataset=... --strategy=one_device` with its defaults
   mirrored    the same with --strategy=mirrored (two virtual CPU replicas here)
-  seeds_unstalled  the seeds' rows without each epoch's wait for its first batch: there `fit` drops the last
-              epoch's used-up iterator, which idles the process for 8-10 s in some epochs (BUILD.md); the engine
-              repeats its training data, so it never does. Its column "x unstalled" compares with it.
+  seeds_unstalled  derived from the seeds' runs (not a --rows value): their epochs without each epoch's wait
+              before its first training step, where `fit` releases the last epoch's iterators and the process
+              sometimes idles for many seconds (BUILD.md); the engine repeats its training data and releases
+              none. Every wait is taken out, also the usual 0.01-0.02 s. The column "x unstalled" compares with it.
 
 Every row runs in its own process and is timed from that process's start (the engine's start-up, data listing
 and tracing count; so does TensorFlow's import in the seeds' row). Round r of --repeats seeds every row with
@@ -46,7 +47,7 @@ flags.DEFINE_list("rows", ["seeds", "one_device", "mirrored"], "Rows to run.")
 flags.DEFINE_integer("repeats", 1, "Runs of each row, interleaved; the median is reported.")
 flags.DEFINE_integer("seed", 0, "Seed of the first round; round r uses seed + r.")
 flags.DEFINE_list("engine_flags", [], "Extra launch.py flags for the engine rows (e.g. warmup_epochs=0.2).")
-flags.DEFINE_string("only", "", "Internal: train the seeds' way in this process, print one JSON line per epoch.")
+flags.DEFINE_string("only", "", "Internal: train the seeds' way in this process, print one EPOCH line per epoch.")
 flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 
 EPOCH_LINE = re.compile(r"val_accuracy: ([0-9.]+)")
@@ -69,7 +70,8 @@ def _dataset_flag() -> str:
 
 
 def train_seeds_way() -> None:
-    """The seed examples' way (see the module docstring); prints "EPOCH <seconds> <val_accuracy>" per epoch."""
+    """The seed examples' way (see the module docstring); prints "EPOCH <seconds> <val_accuracy> <wait>" per
+    epoch, <wait> the seconds from the epoch's start to its first training step."""
     import keras
     import numpy as np
 
@@ -100,7 +102,8 @@ def train_seeds_way() -> None:
                   metrics=["accuracy"])
 
     class Report(keras.callbacks.Callback):
-        """Also times each epoch's wait for its first batch, where `fit` releases the last epoch's iterator."""
+        """Also times each epoch's wait before its first training step, where `fit` releases the last epoch's
+        iterators and makes a new one."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.time()
@@ -118,7 +121,7 @@ def train_seeds_way() -> None:
 
 def _timed_epochs(command: list[str], env: dict | None = None) -> tuple[list[tuple[float, float]], list[float]]:
     """Runs `command`; (seconds since its start, validation accuracy) at the end of every epoch, and each epoch's
-    wait for its first batch where the command prints it (the seeds' way)."""
+    wait before its first training step where the command prints it (the seeds' way)."""
     start, epochs, waits = time.time(), [], []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                env=env)
@@ -162,6 +165,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.only == "seeds":
         train_seeds_way()
         return
+    if "seeds_unstalled" in FLAGS.rows:
+        sys.exit("--rows: seeds_unstalled is derived from the seeds row; ask for seeds")
     target = FLAGS.target or (0.95 if FLAGS.data == "shapes" else 0.90)
     plan = _engine_plan()[1]
     runs: dict[str, list[dict]] = {name: [] for row in FLAGS.rows
@@ -173,20 +178,25 @@ def main(argv: list[str]) -> None:
             if row == "seeds":
                 runs[row][-1]["first_batch_waits"] = waits
                 runs["seeds_unstalled"].append(_summary(
-                    [(seconds - sum(waits[:i + 1]), accuracy) for i, (seconds, accuracy) in enumerate(epochs)], target))
+                    [(round(seconds - sum(waits[:i + 1]), 2), accuracy) for i, (seconds, accuracy) in enumerate(epochs)],
+                    target))
             print(f"  {row} run {repeat + 1}: {json.dumps({k: v for k, v in runs[row][-1].items() if k != 'epochs'})}",
                   flush=True)
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
+
+    def seconds_to_target(row_runs: list[dict]) -> float | None:  # the median, if every run got there
+        times = [r["seconds_to_target"] for r in row_runs if r["seconds_to_target"] is not None]
+        return median(times) if len(times) == len(row_runs) else None
+
     print(f"\n{FLAGS.data}: small_cnn at {plan['image_size']} px, batch {plan['batch_size']}, "
           f"{plan['epochs']} epochs; target val accuracy {target}; median of {FLAGS.repeats}")
     print(f"{'row':16s} {'s to target':>12s} {'epochs':>7s} {'x seeds time':>13s} {'x unstalled':>12s} "
           f"{'acc@5':>6s} {'final':>6s}")
-    seeds_time, unstalled_time = (median([r["seconds_to_target"] for r in runs.get(row, []) if r["seconds_to_target"]])
+    seeds_time, unstalled_time = (seconds_to_target(runs[row]) if row in runs else None
                                   for row in ("seeds", "seeds_unstalled"))
     results = {}
     for row, row_runs in runs.items():
-        times = [r["seconds_to_target"] for r in row_runs if r["seconds_to_target"] is not None]
-        seconds = median(times) if len(times) == len(row_runs) else None
+        seconds = seconds_to_target(row_runs)
         results[row] = {"seconds_to_target": seconds, "epochs_to_target": median(
             [r["epochs_to_target"] for r in row_runs if r["epochs_to_target"]]),
             "after_5_epochs": median([r["after_5_epochs"] for r in row_runs]),
