@@ -24,6 +24,7 @@ validation accuracy first reaches the target, the accuracy after 5 epochs, and t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -156,6 +157,12 @@ def _summary(epochs: list[tuple[float, float]], target: float) -> dict:
             "after_5_epochs": epochs[min(4, len(epochs) - 1)][1], "epochs": epochs}
 
 
+def _without_waits(epochs: list[tuple[float, float]], waits: list[float]) -> list[tuple[float, float]]:
+    """The epochs' (seconds, accuracy) with every wait so far taken out of each epoch's end time."""
+    return [(round(seconds - waited, 2), accuracy)
+            for (seconds, accuracy), waited in zip(epochs, itertools.accumulate(waits))]
+
+
 START = time.time()
 
 
@@ -177,9 +184,7 @@ def main(argv: list[str]) -> None:
             runs[row].append(_summary(epochs, target))
             if row == "seeds":
                 runs[row][-1]["first_batch_waits"] = waits
-                runs["seeds_unstalled"].append(_summary(
-                    [(round(seconds - sum(waits[:i + 1]), 2), accuracy) for i, (seconds, accuracy) in enumerate(epochs)],
-                    target))
+                runs["seeds_unstalled"].append(_summary(_without_waits(epochs, waits), target))
             print(f"  {row} run {repeat + 1}: {json.dumps({k: v for k, v in runs[row][-1].items() if k != 'epochs'})}",
                   flush=True)
     median = lambda values: statistics.median(values) if values else None  # noqa: E731
